@@ -1,0 +1,78 @@
+"""What a generated sample is scored against: the canvases to fill, the metrics, and true data
+for the reference row. One class per kind of task."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from distill.metrics import (
+    AccuracyMetric, DistinctAnswersMetric, EntropyMetric, GenNLLMetric, LowProbRateMetric, PairKLMetric,
+)
+from teachers.hmm import HiddenMarkovSource
+from teachers.paths import PROMPT_LEN, PathsTask
+
+
+class SequenceBenchmark:
+    """Unconditional generation of whole sequences, scored against a known hidden Markov source."""
+
+    def __init__(self, source: HiddenMarkovSource, pair_distances: list[int], kl_smoothing: float) -> None:
+        self.source = source
+        self.pair_distances = [d for d in pair_distances if d < source.seq_len]
+        self.kl_smoothing = kl_smoothing
+        self.seq_len = source.seq_len
+
+    def canvases(self, num: int, mask_id: int, generator: torch.Generator) -> Tensor:
+        return torch.full((num, self.seq_len), mask_id, dtype=torch.long)
+
+    def true_samples(self, canvases: Tensor, generator: torch.Generator) -> Tensor:
+        return self.source.sample(canvases.shape[0], generator)
+
+    def metrics(self) -> dict[str, Metric]:
+        metrics: dict[str, Metric] = {"gen_nll": GenNLLMetric(self.source)}
+        for d in self.pair_distances:
+            metrics[f"pair_kl_d{d}"] = PairKLMetric(self.source, d, self.kl_smoothing)
+        metrics["entropy"] = EntropyMetric(self.source.vocab_size)
+        metrics["low_prob_rate"] = LowProbRateMetric(self.source)
+        return metrics
+
+    def summary(self) -> dict[str, float]:
+        entropy, stderr = self.source.entropy_per_token()
+        out = {"entropy_per_token": entropy, "entropy_per_token_stderr": stderr}
+        if self.source.identity_emission:
+            out["entropy_rate"] = self.source.entropy_rate()
+        return out
+
+    def files(self) -> dict[str, dict[str, Tensor]]:
+        return {"chain.safetensors": self.source.tensors()}
+
+
+class PathsBenchmark:
+    """Answers to (start, goal) prompts, each prompt drawn `repeats` times for answer diversity."""
+
+    def __init__(self, task: PathsTask, repeats: int, prompt_seed: int) -> None:
+        self.task = task
+        self.repeats = repeats
+        self.prompt_seed = prompt_seed
+        self.seq_len = task.seq_len
+
+    def canvases(self, num: int, mask_id: int, generator: torch.Generator) -> Tensor:
+        num_prompts = max(1, num // self.repeats)
+        prompts = self.task.sample_prompts(num_prompts, torch.Generator().manual_seed(self.prompt_seed))
+        prompts = prompts.repeat_interleave(self.repeats, dim=0)
+        answers = torch.full((prompts.shape[0], self.task.config.answer_len), mask_id, dtype=torch.long)
+        return torch.cat([prompts, answers], dim=1)
+
+    def true_samples(self, canvases: Tensor, generator: torch.Generator) -> Tensor:
+        prompts = canvases[:, :PROMPT_LEN]
+        return torch.cat([prompts, self.task.sample_answers(prompts, generator)], dim=1)
+
+    def metrics(self) -> dict[str, Metric]:
+        return {"accuracy": AccuracyMetric(self.task), "distinct_answers": DistinctAnswersMetric(self.task, self.repeats)}
+
+    def summary(self) -> dict[str, float]:
+        return {"repeats_per_prompt": self.repeats}
+
+    def files(self) -> dict[str, dict[str, Tensor]]:
+        return {"graph.safetensors": {"transition": self.task.transition}}

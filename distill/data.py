@@ -1,0 +1,135 @@
+"""LightningDataModules for the embedded benchmark: fresh training samples from a ground-truth
+source, a fixed validation set, and the benchmark that scores generated samples.
+
+Batches are dicts: `tokens` (B, L) and `answer_mask` (B, L) bool, True where the model must
+generate (everywhere for unconditional sources, the answer span for `paths`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Callable
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from distill.benchmarks import PathsBenchmark, SequenceBenchmark
+from teachers.hmm import HiddenMarkovSource, SourceConfig
+from teachers.paths import PROMPT_LEN, PathsConfig, PathsTask
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+
+
+class FreshSamples(IterableDataset):
+    """An endless stream of batches drawn from `sample(num, generator)`, seeded per rank and worker."""
+
+    def __init__(self, sample: Callable[[int, torch.Generator], Tensor], answer_mask: Tensor, batch_size: int, seed: int) -> None:
+        self.sample = sample
+        self.answer_mask = answer_mask
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        gen = torch.Generator().manual_seed(self.seed + 1_000_003 * _rank() + 7919 * (worker.id if worker else 0))
+        while True:
+            tokens = self.sample(self.batch_size, gen)
+            yield {"tokens": tokens, "answer_mask": self.answer_mask.expand_as(tokens)}
+
+
+def _fixed_batches(tokens: Tensor, answer_mask: Tensor, batch_size: int) -> list[dict[str, Tensor]]:
+    return [{"tokens": t, "answer_mask": answer_mask.expand_as(t)} for t in tokens.split(batch_size)]
+
+
+class SourceDataModule(L.LightningDataModule):
+    """Sequences from a hidden Markov source; `data=markov` is the first-order chain
+    (emissions_per_state=null), `data=hmm` the hidden source with long-range dependence."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        hidden_states: int = 24,
+        vocab_size: int = 24,
+        seq_len: int = 32,
+        successors: int = 3,
+        emissions_per_state: int | None = None,
+        smoothing: float = 0.01,
+        batch_size: int = 128,
+        val_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.config = SourceConfig(seed, hidden_states, vocab_size, seq_len, successors, emissions_per_state, smoothing)
+        self.source = HiddenMarkovSource.random(self.config)  # validates the config
+        self.batch_size = batch_size
+        self.val_size = val_size
+        self.answer_mask = torch.ones(1, seq_len, dtype=torch.bool)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
+    def spec(self) -> dict:
+        """What defines the data distribution; a saved teacher records it."""
+        return {"kind": "hidden_markov", **asdict(self.config)}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(FreshSamples(self.source.sample, self.answer_mask, self.batch_size, self.config.seed + 1), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        tokens = self.source.sample(self.val_size, torch.Generator().manual_seed(self.config.seed + 2))
+        return DataLoader(_fixed_batches(tokens, self.answer_mask, self.batch_size), batch_size=None)
+
+    def benchmark(self, pair_distances: list[int] = (1, 2, 4, 8), kl_smoothing: float = 0.5, **_) -> SequenceBenchmark:
+        return SequenceBenchmark(self.source, list(pair_distances), kl_smoothing)
+
+
+class PathsDataModule(L.LightningDataModule):
+    """(start, goal) -> walk of `answer_len` nodes on a sparse graph. `graph_seed` fixes the graph;
+    `seed` only changes which prompts and answers are drawn."""
+
+    def __init__(
+        self,
+        nodes: int = 24,
+        successors: int = 3,
+        answer_len: int = 16,
+        graph_seed: int = 0,
+        seed: int = 0,
+        batch_size: int = 256,
+        val_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.config = PathsConfig(nodes, successors, answer_len, graph_seed)
+        self.task = PathsTask(self.config)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.val_size = val_size
+        self.answer_mask = (torch.arange(self.task.seq_len) >= PROMPT_LEN)[None]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.task.vocab_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.task.seq_len
+
+    def spec(self) -> dict:
+        return {"kind": "paths", **asdict(self.config)}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(FreshSamples(self.task.sample, self.answer_mask, self.batch_size, self.seed + 1), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        tokens = self.task.sample(self.val_size, torch.Generator().manual_seed(self.seed + 2))
+        return DataLoader(_fixed_batches(tokens, self.answer_mask, self.batch_size), batch_size=None)
+
+    def benchmark(self, repeats: int = 8, **_) -> PathsBenchmark:
+        return PathsBenchmark(self.task, repeats, prompt_seed=self.seed + 3)

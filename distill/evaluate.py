@@ -1,0 +1,92 @@
+"""Sample a denoiser with a sampler at several step counts and score the samples.
+
+Every row can be recomputed from what `write_run` saves: the generated token ids per row
+(samples.safetensors), the source's defining tensors (chain.safetensors or graph.safetensors)
+and the resolved config (metrics.json).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from distill.metrics import ForwardPassMetric
+from teachers.sampling import MaskedSampler
+
+
+def _value(x) -> float:
+    return float(x.item() if isinstance(x, Tensor) else x)
+
+
+def _score(benchmark, tokens_list: list[Tensor]) -> dict[str, float]:
+    row = {}
+    for name, metric in benchmark.metrics().items():
+        for tokens in tokens_list:
+            metric.update(tokens)
+        row[name] = _value(metric.compute())
+    if "pair_kl_d1" in row:
+        row["bigram_kl"] = row["pair_kl_d1"]
+    return row
+
+
+def evaluate_sampler(
+    denoiser: nn.Module,
+    sampler: MaskedSampler,
+    benchmark,
+    steps: int,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    sampler_name: str,
+) -> tuple[dict, Tensor]:
+    """One table row: `num_samples` sequences at `steps` steps. Returns (row, tokens)."""
+    device = next(iter(denoiser.parameters()), torch.empty(0)).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    canvases = benchmark.canvases(num_samples, denoiser.mask_id, generator).to(device)
+    batch_size = max(benchmark_group(benchmark), batch_size - batch_size % benchmark_group(benchmark))
+    forwards = ForwardPassMetric()
+    outputs, wall = [], 0.0
+    for chunk in tqdm(canvases.split(batch_size), desc=f"{sampler_name} steps={steps}", leave=False):
+        start = time.perf_counter()
+        out = sampler.sample(denoiser, steps, prompt=chunk, generator=generator)
+        wall += time.perf_counter() - start
+        forwards.update(out.nfe, int((chunk == denoiser.mask_id).sum()), chunk.shape[0])
+        outputs.append(out.tokens.cpu())
+    row = {"sampler": sampler_name, "steps": steps, **{k: _value(v) for k, v in forwards.compute().items()}}
+    row.update(_score(benchmark, outputs))
+    row["wall_s"] = round(wall, 4)
+    return row, torch.cat(outputs)
+
+
+def benchmark_group(benchmark) -> int:
+    """Rows that must stay in one batch (repeated draws of one prompt)."""
+    return getattr(benchmark, "repeats", 1)
+
+
+def reference_row(benchmark, num_samples: int, seed: int) -> tuple[dict, Tensor]:
+    """The same metrics on true data: the floor every sampler is compared with."""
+    canvases = benchmark.canvases(num_samples, -1, torch.Generator().manual_seed(seed))
+    tokens = benchmark.true_samples(canvases, torch.Generator().manual_seed(seed + 1))
+    return {"sampler": "data", "steps": None, **_score(benchmark, [tokens])}, tokens
+
+
+def write_run(out_dir: str | Path, rows: list[dict], samples: dict[str, Tensor], benchmark, config: dict) -> Path:
+    """metrics.json (rows + summary + resolved config), samples.safetensors, and the source tensors."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in samples.items()}, out_dir / "samples.safetensors")
+    for name, tensors in benchmark.files().items():
+        save_file({k: v.contiguous() for k, v in tensors.items()}, out_dir / name)
+    payload = {"rows": rows, "reference": benchmark.summary(), "samples_keys": list(samples), "config": config}
+    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
+    return out_dir
+
+
+def sample_key(sampler_name: str, steps: int | None) -> str:
+    return "data" if steps is None else f"{sampler_name}/steps={steps}"

@@ -1,0 +1,38 @@
+"""Build the frozen teacher an app runs with: the oracle of the data's source, or a saved teacher
+checked against the data it is asked to run on."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from teachers.oracle import OracleDenoiser
+from teachers.saved import load_teacher
+
+
+def oracle_teacher(datamodule) -> nn.Module:
+    """Exact conditionals of the data's source (data=markov or data=hmm)."""
+    if not hasattr(datamodule, "source"):
+        raise ValueError(
+            f"teacher=oracle needs a source with exact conditionals, but data is {type(datamodule).__name__}; "
+            "use data=markov or data=hmm, or teacher=saved teacher.path=DIR"
+        )
+    return OracleDenoiser(datamodule.source).eval()
+
+
+def saved_teacher(path: str, datamodule) -> nn.Module:
+    """A teacher saved by `fewstep-train experiment=teacher_*`, frozen; its data must match."""
+    if path is None or path == "???":
+        raise ValueError("teacher=saved needs teacher.path=DIR (the export_dir of a teacher training run)")
+    teacher = load_teacher(path)
+    expected = datamodule.spec()
+    saved = teacher.data_spec
+    differs = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+    if differs:
+        fixes = " ".join(f"data.{k}={saved.get(k)}" for k in differs if k != "kind")
+        detail = ", ".join(f"{k}: teacher {a!r} vs data {b!r}" for k, (a, b) in differs.items())
+        kind_hint = f" with data={'paths' if saved.get('kind') == 'paths' else 'markov or hmm'}" if "kind" in differs else ""
+        raise ValueError(
+            f"the teacher at {path} was trained on other data ({detail}); run on its data{kind_hint} "
+            f"by adding: {fixes}".rstrip()
+        )
+    return teacher

@@ -1,0 +1,1 @@
+"""Few-step samplers with learnable parts (plain torch). The methods arrive with their issues."""

@@ -7,6 +7,7 @@ quality-vs-steps table and write metrics.json, samples.safetensors and the sourc
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import hydra
@@ -28,6 +29,7 @@ def run_evaluation(denoiser, sampler, sampler_name: str, datamodule, eval_cfg, o
     bad = [s for s in eval_cfg.steps if not 1 <= s <= most]
     if bad:
         raise ValueError(f"eval.steps {bad} out of range: steps must be between 1 and the {most} generated positions")
+    start = time.perf_counter()
     rows, samples = [], {}
     for steps in eval_cfg.steps:
         row, tokens = evaluate_sampler(denoiser, sampler, benchmark, steps, eval_cfg.num_samples,
@@ -37,7 +39,7 @@ def run_evaluation(denoiser, sampler, sampler_name: str, datamodule, eval_cfg, o
     row, tokens = reference_row(benchmark, eval_cfg.num_samples, eval_cfg.seed)
     rows.append(row)
     samples[sample_key("data", None)] = tokens
-    write_run(out_dir, rows, samples, benchmark, config)
+    write_run(out_dir, rows, samples, benchmark, config, wall_s=round(time.perf_counter() - start, 3))
     summary = ", ".join(f"{k} {v:.4f}" for k, v in benchmark.summary().items() if isinstance(v, float))
     print(markdown_table(rows))
     if summary:

@@ -7,7 +7,9 @@ and the resolved config (metrics.json).
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -76,16 +78,37 @@ def reference_row(benchmark, num_samples: int, seed: int) -> tuple[dict, Tensor]
     return {"sampler": "data", "steps": None, **_score(benchmark, [tokens])}, tokens
 
 
-def write_run(out_dir: str | Path, rows: list[dict], samples: dict[str, Tensor], benchmark, config: dict) -> Path:
+def write_run(out_dir: str | Path, rows: list[dict], samples: dict[str, Tensor], benchmark, config: dict,
+              wall_s: float | None = None) -> Path:
     """metrics.json (rows + summary + resolved config), samples.safetensors, and the source tensors."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in samples.items()}, out_dir / "samples.safetensors")
     for name, tensors in benchmark.files().items():
         save_file({k: v.contiguous() for k, v in tensors.items()}, out_dir / name)
-    payload = {"rows": rows, "reference": benchmark.summary(), "samples_keys": list(samples), "config": config}
+    payload = {"rows": rows, "reference": benchmark.summary(), "samples_keys": list(samples), "config": config,
+               "provenance": provenance(), "wall_s": wall_s}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
     return out_dir
+
+
+def provenance() -> dict:
+    """Package versions and the git commit of the code that produced a run."""
+    versions = {}
+    for pkg in ("fewstep", "torch", "lightning", "hydra-core", "torchmetrics"):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        commit = git.stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"versions": versions, "git_commit": commit, "git_dirty": dirty}
 
 
 def sample_key(sampler_name: str, steps: int | None) -> str:

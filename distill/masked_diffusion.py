@@ -55,6 +55,7 @@ class MaskedDiffusionObjective(L.LightningModule):
         warmup_steps: linear warm-up, then cosine decay to 5% over trainer.max_steps.
         loss_weighting: "none" (masked CE) or "elbo" (1/t weights).
         val_samples: sequences sampled at every validation to log sample quality.
+        data_spec: what defines the training data (recorded in checkpoints and exports).
     """
 
     def __init__(
@@ -66,18 +67,21 @@ class MaskedDiffusionObjective(L.LightningModule):
         warmup_steps: int = 200,
         loss_weighting: str = "none",
         val_samples: int = 256,
+        data_spec: dict | None = None,
     ) -> None:
         super().__init__()
         network = network(vocab_size=vocab_size, seq_len=seq_len)
         if loss_weighting not in WEIGHTINGS:
             raise ValueError(f"loss_weighting must be one of {WEIGHTINGS}, got {loss_weighting!r}")
-        self.save_hyperparameters({"network": network.config, "warmup_steps": warmup_steps,
-                                   "loss_weighting": loss_weighting, "val_samples": val_samples})
+        data_spec = dict(data_spec) if data_spec is not None else None
+        self.save_hyperparameters({"objective": "masked_diffusion", "network": network.config, "warmup_steps": warmup_steps,
+                                   "loss_weighting": loss_weighting, "val_samples": val_samples, "data_spec": data_spec})
         self.network = network
         self.optimizer_factory = optimizer
         self.warmup_steps = warmup_steps
         self.loss_weighting = loss_weighting
         self.val_samples = val_samples
+        self.data_spec = data_spec
         self.val_sampler = None  # set by the app: the sampler used to score samples at validation
 
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
@@ -113,6 +117,6 @@ class MaskedDiffusionObjective(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, self.warmup_steps, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def export(self, path: str, data_spec: dict) -> None:
+    def export(self, path: str) -> None:
         """Save the trained denoiser as a teacher directory other objectives load frozen."""
-        save_teacher(self.network, path, data=data_spec, extra={"trained_steps": int(self.global_step)})
+        save_teacher(self.network, path, data=self.data_spec or {}, extra={"trained_steps": int(self.global_step)})

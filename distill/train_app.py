@@ -29,10 +29,10 @@ def main(cfg: DictConfig) -> None:
 
     # 1. data, optional frozen teacher, objective
     datamodule = instantiate(cfg.data)
-    runtime = {"vocab_size": datamodule.vocab_size, "seq_len": datamodule.seq_len}
+    runtime = {"vocab_size": datamodule.vocab_size, "seq_len": datamodule.seq_len, "data_spec": datamodule.spec()}
     if cfg.get("teacher"):
         runtime["teacher"] = instantiate(cfg.teacher, datamodule=datamodule)
-    objective = instantiate(cfg.objective, **runtime)
+    objective = instantiate(cfg.objective, **runtime, _convert_="all")  # primitive hparams: weights_only loads
     sampler = instantiate(cfg.sampler)
     objective.val_sampler = sampler
 
@@ -44,7 +44,7 @@ def main(cfg: DictConfig) -> None:
 
     # 3. export, then the quality-vs-steps table of what was trained
     if trainer.is_global_zero:
-        objective.export(str(export_dir), datamodule.spec())
+        objective.export(str(export_dir))
         print(f"exported to {export_dir}")
         if cfg.eval.steps:
             name = HydraConfig.get().runtime.choices.get("sampler", "sampler")

@@ -1,0 +1,34 @@
+"""Merge the metrics.json files under each folder of DIR into one Markdown table per folder.
+
+    python benchmarks/collect_tables.py runs/eval
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from distill.report import markdown_table
+
+
+def main(root: str) -> None:
+    for group in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        rows, truth, data_row = [], {}, None
+        for metrics in sorted(group.glob("*/metrics.json")):
+            payload = json.loads(metrics.read_text())
+            truth = payload["reference"]
+            for row in payload["rows"]:
+                if row["sampler"] == "data":
+                    data_row = row
+                else:
+                    rows.append(row)
+        rows.sort(key=lambda r: (r["sampler"], r["steps"]))
+        print(f"### {group.name}\n")
+        print(markdown_table(rows + ([data_row] if data_row else [])))
+        summary = ", ".join(f"{k} {v:.4f}" for k, v in truth.items() if isinstance(v, float) and v)
+        print(f"\n{summary}\n" if summary else "")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/eval")

@@ -106,7 +106,8 @@ def plot(rows: list[dict], truth: dict | None, ref: dict | None, out: Path) -> N
             is_ref = ref is not None and method == ref["method"]
             ax.plot(*zip(*pts), marker="o", label=method + (" (reference)" if is_ref else ""), lw=2.5 if is_ref else 1.5)
         if truth is not None and key in truth:
-            ax.axhline(truth[key], color="k", ls="--", lw=1, label="true data")
+            floor = " (finite-sample floor)" if key not in ("accuracy", "gen_nll") else ""
+            ax.axhline(truth[key], color="k", ls="--", lw=1, label=f"true data{floor}")
         ax.set_xscale("log", base=2)
         if key == "bigram_kl":
             ax.set_yscale("log")

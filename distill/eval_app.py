@@ -21,17 +21,27 @@ from distill.evaluate import evaluate_sampler, reference_row, sample_key, write_
 from distill.report import markdown_table
 
 
-def run_evaluation(denoiser, sampler, sampler_name: str, datamodule, eval_cfg, out_dir: Path, config: dict) -> list[dict]:
+def resolve_steps(steps: list[int] | None, generated: int) -> list[int]:
+    """The step counts to evaluate: as given, or (null) 1, 2, 4, ... up to one token per step."""
+    if steps is None:
+        auto = [2**k for k in range(generated.bit_length()) if 2**k < generated]
+        return auto + [generated]
+    bad = [s for s in steps if not 1 <= s <= generated]
+    if bad:
+        raise ValueError(f"eval.steps {bad} out of range: steps must be between 1 and the {generated} generated "
+                         "positions (eval.steps=null picks 1, 2, 4, ... up to one token per step)")
+    return list(steps)
+
+
+def run_evaluation(denoiser, sampler, sampler_name: str, datamodule, eval_cfg, out_dir: Path, config: dict,
+                   print_table: bool = True) -> list[dict]:
     """Rows for every step count in eval_cfg.steps plus the true-data row; writes the run files."""
     benchmark = datamodule.benchmark(pair_distances=eval_cfg.pair_distances, kl_smoothing=eval_cfg.kl_smoothing,
                                      repeats=eval_cfg.repeats)
-    most = int(datamodule.answer_mask.sum())
-    bad = [s for s in eval_cfg.steps if not 1 <= s <= most]
-    if bad:
-        raise ValueError(f"eval.steps {bad} out of range: steps must be between 1 and the {most} generated positions")
+    step_counts = resolve_steps(eval_cfg.steps, int(datamodule.answer_mask.sum()))
     start = time.perf_counter()
     rows, samples = [], {}
-    for steps in eval_cfg.steps:
+    for steps in step_counts:
         row, tokens = evaluate_sampler(denoiser, sampler, benchmark, steps, eval_cfg.num_samples,
                                        eval_cfg.batch_size, eval_cfg.seed, sampler_name)
         rows.append(row)
@@ -41,7 +51,8 @@ def run_evaluation(denoiser, sampler, sampler_name: str, datamodule, eval_cfg, o
     samples[sample_key("data", None)] = tokens
     write_run(out_dir, rows, samples, benchmark, config, wall_s=round(time.perf_counter() - start, 3))
     summary = ", ".join(f"{k} {v:.4f}" for k, v in benchmark.summary().items() if isinstance(v, float))
-    print(markdown_table(rows))
+    if print_table:
+        print(markdown_table(rows))
     if summary:
         print(f"truth: {summary}")
     print(f"wrote {out_dir / 'metrics.json'}")

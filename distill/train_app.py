@@ -15,7 +15,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from distill.cli import CONF_DIR, user_errors
-from distill.eval_app import run_evaluation
+from distill.compare_app import compare
+from distill.eval_app import resolve_steps, run_evaluation
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -26,9 +27,11 @@ def main(cfg: DictConfig) -> None:
     if export_dir.exists():
         raise FileExistsError(f"export_dir {export_dir} already exists; choose another export_dir or delete it first")
     L.seed_everything(cfg.seed, workers=True)
-
-    # 1. data, optional frozen teacher, objective
     datamodule = instantiate(cfg.data)
+    if cfg.eval.after_training:  # bad step counts fail now, not after training
+        resolve_steps(cfg.eval.steps, int(datamodule.answer_mask.sum()))
+
+    # 1. optional frozen teacher, objective
     runtime = {"vocab_size": datamodule.vocab_size, "seq_len": datamodule.seq_len, "data_spec": datamodule.spec()}
     if cfg.get("teacher"):
         runtime["teacher"] = instantiate(cfg.teacher, datamodule=datamodule)
@@ -46,10 +49,11 @@ def main(cfg: DictConfig) -> None:
     if trainer.is_global_zero:
         objective.export(str(export_dir))
         print(f"exported to {export_dir}")
-        if cfg.eval.steps:
+        if cfg.eval.after_training:
             name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
             run_evaluation(objective.network.eval(), sampler, name, datamodule, cfg.eval, out_dir,
-                           OmegaConf.to_container(cfg, resolve=True))
+                           OmegaConf.to_container(cfg, resolve=True), print_table=False)
+            compare([str(out_dir / "metrics.json")], out_dir / "compare", reference=name)
 
 
 if __name__ == "__main__":

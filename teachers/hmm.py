@@ -232,5 +232,7 @@ class HiddenMarkovSource:
         return float(nll.mean()), float(nll.std() / math.sqrt(num_samples))
 
     def tensors(self) -> dict[str, Tensor]:
-        """The defining tensors, as written to chain.safetensors in every eval run."""
-        return {"initial": self.initial, "transition": self.transition, "emission": self.emission}
+        """The defining tensors, as written to chain.safetensors in every eval run. The supports
+        (bool) mark the entries that are non-zero before smoothing (for the low-probability rate)."""
+        return {"initial": self.initial, "transition": self.transition, "emission": self.emission,
+                "transition_support": self.transition_support, "emission_support": self.emission_support}

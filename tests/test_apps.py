@@ -52,7 +52,8 @@ def test_eval_metrics_recompute_from_saved_samples(trained, tmp_path):
     payload = json.loads((out / "metrics.json").read_text())
     chain = load_file(out / "chain.safetensors")
     assert chain["emission"].dtype == torch.float64 and torch.equal(chain["emission"], torch.eye(6, dtype=torch.float64))
-    source = HiddenMarkovSource(chain["initial"], chain["transition"], chain["emission"], seq_len=8)
+    source = HiddenMarkovSource(chain["initial"], chain["transition"], chain["emission"], seq_len=8,
+                                transition_support=chain["transition_support"], emission_support=chain["emission_support"])
     samples = load_file(out / "samples.safetensors")
     for row in payload["rows"]:
         key = "data" if row["steps"] is None else f"dilated/steps={row['steps']}"
@@ -60,7 +61,7 @@ def test_eval_metrics_recompute_from_saved_samples(trained, tmp_path):
         assert tokens.shape == (100, 8)
         nll = (-source.log_prob(tokens)).sum().item() / tokens.numel()
         assert row["gen_nll"] == pytest.approx(nll, abs=1e-9)
-        # the smoothed chain's own support is not in chain.safetensors, so pair KL and entropy are checked here
+        assert row["low_prob_rate"] == pytest.approx((~source.in_support(tokens)).double().mean().item(), abs=1e-12)
         entropy = EntropyMetric(6)
         entropy.update(tokens)
         assert row["entropy"] == pytest.approx(entropy.compute().item(), abs=1e-9)
@@ -97,3 +98,47 @@ def test_existing_export_dir_is_refused_before_training(tmp_path):
                f"hydra.run.dir={tmp_path / 'r'}", cwd=tmp_path)
     assert proc.returncode == 2 and "already exists" in proc.stderr
     assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_export_from_checkpoint_samples_token_identically(trained, tmp_path):
+    from distill.export_app import network_from_checkpoint, read_checkpoint
+    from teachers import AncestralSampler, load_teacher
+
+    ckpt = trained / "run" / "checkpoints" / "last.ckpt"
+    proc = run("fewstep-export", str(ckpt), str(tmp_path / "exp"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    from_ckpt = network_from_checkpoint(torch.load(ckpt, map_location="cpu", weights_only=True))
+    exported = load_teacher(tmp_path / "exp")
+    a = AncestralSampler().sample(from_ckpt, 4, batch_size=16, seq_len=8, generator=torch.Generator().manual_seed(0))
+    b = AncestralSampler().sample(exported, 4, batch_size=16, seq_len=8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.tokens, b.tokens)
+    assert json.loads((tmp_path / "exp" / "config.json").read_text())["sha256"] == \
+        json.loads((trained / "teacher" / "config.json").read_text())["sha256"]
+    assert read_checkpoint(ckpt)["hyper_parameters"]["data_spec"]["vocab_size"] == 6
+    proc = run("fewstep-export", str(ckpt), str(tmp_path / "exp"), cwd=tmp_path)
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+
+
+def test_export_of_a_truncated_checkpoint_is_named(trained, tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes((trained / "run" / "checkpoints" / "last.ckpt").read_bytes()[:1000])
+    proc = run("fewstep-export", str(bad), str(tmp_path / "exp"), cwd=tmp_path)
+    assert proc.returncode == 2 and "cannot be read" in proc.stderr and "truncated" in proc.stderr
+    assert not (tmp_path / "exp").exists()
+
+
+def test_export_killed_midway_leaves_no_directory(tmp_path):
+    script = f"""
+import json, time
+from teachers import TransformerDenoiser, save_teacher
+def slow_dumps(*a, **k):
+    print("weights written", flush=True)
+    time.sleep(60)
+json.dumps = slow_dumps
+save_teacher(TransformerDenoiser(6, 8, n_layer=1, d_model=16, n_head=2), {str(tmp_path / 'exp')!r}, data={{}})
+"""
+    proc = subprocess.Popen(["python", "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "weights written"
+    proc.kill()
+    proc.wait()
+    assert not (tmp_path / "exp").exists()

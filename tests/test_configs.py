@@ -39,7 +39,7 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
     datamodule = instantiate(cfg.data)
     objective = instantiate(cfg.objective, vocab_size=datamodule.vocab_size, seq_len=datamodule.seq_len)
     assert objective.network.vocab_size == datamodule.vocab_size
-    assert cfg.trainer.max_steps > 0 and cfg.eval.steps
+    assert cfg.trainer.max_steps > 0 and cfg.eval.after_training
 
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (Path(CONF_DIR) / "data").glob("*.yaml")))
@@ -81,3 +81,10 @@ def test_teacher_options_build_against_data(tmp_path):
     cfg = compose_cfg("eval", ["teacher=oracle", "data=paths"], tmp_path)
     with pytest.raises(Exception, match="needs a source with exact conditionals"):
         instantiate(cfg.teacher, datamodule=instantiate(cfg.data))
+
+
+@pytest.mark.parametrize("launcher, target", [("slurm", "SlurmLauncher"), ("local_parallel", "JoblibLauncher"),
+                                              ("basic", "BasicLauncher")])
+def test_sweep_launchers_compose(launcher, target, tmp_path):
+    cfg = compose_cfg("eval", [f"hydra/launcher={launcher}"], tmp_path)
+    assert cfg.hydra.launcher._target_.endswith(target)

@@ -16,7 +16,7 @@ from teachers import TransformerDenoiser, load_teacher, save_teacher
 
 def tiny_objective(vocab_size: int, seq_len: int, **kwargs) -> MaskedDiffusionObjective:
     network = partial(TransformerDenoiser, n_layer=1, n_head=2, d_model=32)
-    optimizer = partial(torch.optim.AdamW, lr=3e-3)
+    optimizer = partial(torch.optim.AdamW, lr=1e-2)
     return MaskedDiffusionObjective(network, optimizer, vocab_size, seq_len, warmup_steps=5, **kwargs)
 
 
@@ -59,7 +59,7 @@ def test_training_loss_falls_on_a_short_fit(make_data):
     datamodule = make_data()
     objective = tiny_objective(datamodule.vocab_size, datamodule.seq_len)
     before = val_loss(objective, datamodule)
-    trainer = L.Trainer(max_steps=80, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = L.Trainer(max_steps=200, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, accelerator="cpu")
     trainer.fit(objective, datamodule=datamodule)
     after = val_loss(objective, datamodule)
@@ -71,7 +71,8 @@ def test_saved_teacher_round_trips_exactly(tmp_path):
     save_teacher(net, tmp_path / "t", data={"kind": "hidden_markov", "seed": 0})
     loaded = load_teacher(tmp_path / "t")
     tokens = torch.randint(0, 7, (3, 8))
-    assert torch.equal(net.eval()(tokens), loaded(tokens))
+    with torch.no_grad():  # same kernels on both sides
+        assert torch.equal(net.eval()(tokens), loaded(tokens))
     assert not any(p.requires_grad for p in loaded.parameters()) and not loaded.training
     assert loaded.data_spec == {"kind": "hidden_markov", "seed": 0}
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == ["config.json", "model.safetensors"]

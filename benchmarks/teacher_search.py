@@ -21,7 +21,7 @@ from teachers import AncestralSampler, BlockwiseSampler, TransformerDenoiser
 
 DATA = {
     "markov": lambda: SourceDataModule(),
-    "hmm": lambda: SourceDataModule(hidden_states=16, vocab_size=32, emissions_per_state=4),
+    "hmm": lambda: SourceDataModule(hidden_states=16, vocab_size=32, emissions_per_state=4, weight_exponent=6.0),
     "paths": lambda: PathsDataModule(),
 }
 

@@ -58,11 +58,13 @@ class SourceDataModule(L.LightningDataModule):
         successors: int = 3,
         emissions_per_state: int | None = None,
         smoothing: float = 0.01,
+        weight_exponent: float = 1.0,
         batch_size: int = 128,
         val_size: int = 1024,
     ) -> None:
         super().__init__()
-        self.config = SourceConfig(seed, hidden_states, vocab_size, seq_len, successors, emissions_per_state, smoothing)
+        self.config = SourceConfig(seed, hidden_states, vocab_size, seq_len, successors, emissions_per_state, smoothing,
+                                   weight_exponent)
         self.source = HiddenMarkovSource.random(self.config)  # validates the config
         self.batch_size = batch_size
         self.val_size = val_size

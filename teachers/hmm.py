@@ -31,6 +31,8 @@ class SourceConfig:
     successors: int = 3  # non-zero transitions per state before smoothing
     emissions_per_state: int | None = None  # None: identity emission, the first-order chain
     smoothing: float = 0.01  # uniform mass mixed into every row of transition and emission
+    weight_exponent: float = 1.0  # non-zero weights are (u + 0.25) ** exponent: larger is more peaked,
+    # so the hidden state persists and tokens far apart stay dependent
 
     def validate(self) -> None:
         if self.emissions_per_state is None and self.hidden_states != self.vocab_size:
@@ -47,16 +49,18 @@ class SourceConfig:
             )
         if not 0.0 < self.smoothing < 1.0:
             raise ValueError(f"smoothing must be in (0, 1) so every sequence has finite NLL, got {self.smoothing}")
+        if self.weight_exponent <= 0:
+            raise ValueError(f"weight_exponent must be > 0, got {self.weight_exponent}")
         if self.seq_len < 2:
             raise ValueError(f"seq_len must be at least 2, got {self.seq_len}")
 
 
-def _sparse_rows(rows: int, cols: int, nonzero: int, generator: torch.Generator) -> Tensor:
-    """Row-stochastic [rows, cols] matrix with `nonzero` random entries of random weight per row."""
+def _sparse_rows(rows: int, cols: int, nonzero: int, generator: torch.Generator, exponent: float = 1.0) -> Tensor:
+    """Row-stochastic [rows, cols] matrix with `nonzero` random entries per row, weights (u + 0.25) ** exponent."""
     probs = torch.zeros(rows, cols, dtype=torch.float64)
     for r in range(rows):
         cols_r = torch.randperm(cols, generator=generator)[:nonzero]
-        weights = torch.rand(nonzero, generator=generator, dtype=torch.float64) + 0.25
+        weights = (torch.rand(nonzero, generator=generator, dtype=torch.float64) + 0.25) ** exponent
         probs[r, cols_r] = weights / weights.sum()
     return probs
 
@@ -102,13 +106,13 @@ class HiddenMarkovSource:
         config.validate()
         gen = torch.Generator().manual_seed(config.seed)
         S, V, eps = config.hidden_states, config.vocab_size, config.smoothing
-        sparse_t = _sparse_rows(S, S, config.successors, gen)
+        sparse_t = _sparse_rows(S, S, config.successors, gen, config.weight_exponent)
         transition = (1 - eps) * sparse_t + eps / S
         if config.emissions_per_state is None:
             sparse_e = torch.eye(S, dtype=torch.float64)
             emission = sparse_e
         else:
-            sparse_e = _sparse_rows(S, V, config.emissions_per_state, gen)
+            sparse_e = _sparse_rows(S, V, config.emissions_per_state, gen, config.weight_exponent)
             emission = (1 - eps) * sparse_e + eps / V
         initial = _stationary(transition)  # start in equilibrium: every position has the same marginal
         return cls(initial, transition, emission, config.seq_len, sparse_t > 0, sparse_e > 0)

@@ -125,6 +125,7 @@ def test_sampling_is_deterministic_with_a_generator(tiny_hmm):
         (dict(smoothing=0.0), "smoothing must be in"),
         (dict(successors=0), "successors must be in"),
         (dict(emissions_per_state=9, vocab_size=6, hidden_states=4), "emissions_per_state must be in"),
+        (dict(weight_exponent=0.0), "weight_exponent must be > 0"),
     ],
 )
 def test_bad_source_config_names_the_problem(kwargs, message):

@@ -62,12 +62,17 @@ def run_evaluation(denoiser, sampler, sampler_name: str, datamodule, eval_cfg, o
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 @user_errors
 def main(cfg: DictConfig) -> None:
-    torch.set_num_threads(cfg.threads) if cfg.get("threads") else None
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg.device} but this torch sees no CUDA GPU; use device=cpu")
     datamodule = instantiate(cfg.data)
     sampler = instantiate(cfg.sampler)
     denoiser = instantiate(cfg.teacher, datamodule=datamodule)
     if denoiser.vocab_size != datamodule.vocab_size:
         raise ValueError(f"teacher vocab_size {denoiser.vocab_size} != data vocab_size {datamodule.vocab_size}")
+    if any(True for _ in denoiser.parameters()):
+        denoiser = denoiser.to(cfg.device)
     name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     run_evaluation(denoiser, sampler, name, datamodule, cfg.eval, out_dir, OmegaConf.to_container(cfg, resolve=True))

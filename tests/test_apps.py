@@ -142,3 +142,10 @@ save_teacher(TransformerDenoiser(6, 8, n_layer=1, d_model=16, n_head=2), {str(tm
     proc.kill()
     proc.wait()
     assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_is_a_clean_error(tmp_path):
+    proc = run("fewstep-eval", "device=cuda", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
+    assert proc.returncode == 2 and "sees no CUDA GPU; use device=cpu" in proc.stderr
+    assert not (tmp_path / "e" / "metrics.json").exists()

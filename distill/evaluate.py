@@ -57,6 +57,8 @@ def evaluate_sampler(
     for chunk in tqdm(canvases.split(batch_size), desc=f"{sampler_name} steps={steps}", leave=False):
         start = time.perf_counter()
         out = sampler.sample(denoiser, steps, prompt=chunk, generator=generator)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # GPU work is asynchronous: time it to completion
         wall += time.perf_counter() - start
         forwards.update(out.nfe, int((chunk == denoiser.mask_id).sum()), chunk.shape[0])
         outputs.append(out.tokens.cpu())

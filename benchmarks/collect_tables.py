@@ -9,21 +9,15 @@ import json
 import sys
 from pathlib import Path
 
+from distill.compare_app import collect_rows, find_metrics
 from distill.report import markdown_table
 
 
 def main(root: str) -> None:
     for group in sorted(p for p in Path(root).iterdir() if p.is_dir()):
-        rows, truth, data_row = [], {}, None
-        for metrics in sorted(group.glob("*/metrics.json")):
-            payload = json.loads(metrics.read_text())
-            truth = payload["reference"]
-            for row in payload["rows"]:
-                if row["sampler"] == "data":
-                    data_row = row
-                else:
-                    rows.append(row)
-        rows.sort(key=lambda r: (r["sampler"], r["steps"]))
+        files = find_metrics([str(group)])
+        rows, data_row = collect_rows(files)
+        truth = json.loads(files[-1].read_text())["reference"]
         print(f"### {group.name}\n")
         print(markdown_table(rows + ([data_row] if data_row else [])))
         summary = ", ".join(f"{k} {v:.4f}" for k, v in truth.items() if isinstance(v, float) and v)

@@ -51,7 +51,8 @@ def evaluate_sampler(
     device = next(iter(denoiser.parameters()), torch.empty(0)).device
     generator = torch.Generator(device=device).manual_seed(seed)
     canvases = benchmark.canvases(num_samples, denoiser.mask_id, generator).to(device)
-    batch_size = max(benchmark_group(benchmark), batch_size - batch_size % benchmark_group(benchmark))
+    group = benchmark_group(benchmark)
+    batch_size = max(group, batch_size - batch_size % group)
     forwards = ForwardPassMetric()
     outputs, wall = [], 0.0
     for chunk in tqdm(canvases.split(batch_size), desc=f"{sampler_name} steps={steps}", leave=False):

@@ -1,1 +1,35 @@
-"""Few-step samplers with learnable parts (plain torch). The methods arrive with their issues."""
+"""Few-step samplers with learnable parts, distilled from a frozen teacher (plain torch).
+
+    import students, teachers
+    student = students.load("runs/lsd_joint_oracle/export")
+    out = student.sample(teacher, prompt=canvas, generator=torch.Generator().manual_seed(0))
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import nn
+
+from students.export import check_teacher, load_student, save_student
+from students.learned_sampler import LearnedSampler
+from students.reveal_rule import FEATURES
+
+REGISTRY = {"LearnedSampler": LearnedSampler}
+
+
+def build(config: dict) -> nn.Module:
+    """A student from its config: {"_target_": "students.<Class>", **constructor args}."""
+    config = dict(config)
+    name = str(config.pop("_target_", "")).rsplit(".", 1)[-1]
+    if name not in REGISTRY:
+        raise ValueError(f"unknown student {name!r}; choose one of {sorted(REGISTRY)}")
+    return REGISTRY[name](**config)
+
+
+def load(path: str | os.PathLike) -> nn.Module:
+    """A ready-to-use student from an export directory (checks the weights' SHA-256)."""
+    return load_student(path, REGISTRY)
+
+
+__all__ = ["FEATURES", "LearnedSampler", "REGISTRY", "build", "check_teacher", "load", "load_student", "save_student"]

@@ -95,4 +95,5 @@ def load_teacher(path: str | os.PathLike) -> nn.Module:
     model.load_state_dict(state)
     model.data_spec = meta["data"]
     model.sha256 = meta["sha256"]
+    model.path = str(path.resolve())
     return model.eval().requires_grad_(False)

@@ -1,0 +1,108 @@
+"""What every distillation objective shares: a frozen teacher, a student built from its config,
+validation by sampling, the optimizer over the student's trainable tensors, and the export.
+
+Subclasses define `loss(batch, generator) -> (loss to minimise, dict of values to log)`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+import students
+from distill.evaluate import evaluate_sampler
+from distill.frozen import attach_frozen, teacher_reference
+from distill.masked_diffusion import warmup_cosine
+
+
+class StudentObjective(L.LightningModule):
+    """Args:
+        student: the student's config ({"_target_": "students.<Class>", ...}), kept primitive.
+        teacher: the frozen denoiser (oracle or saved); never trained or saved.
+        optimizer: a partial optimizer, called with the student's trainable parameters.
+        warmup_steps: linear warm-up, then cosine decay to 5% over trainer.max_steps.
+        val_samples: sequences sampled by the student at every validation.
+        data_spec: what defines the data (recorded in the export with the teacher reference).
+    """
+
+    objective_name = "student"
+
+    def __init__(
+        self,
+        student: dict,
+        teacher: nn.Module,
+        optimizer: partial,
+        vocab_size: int,
+        seq_len: int,
+        warmup_steps: int = 0,
+        val_samples: int = 256,
+        data_spec: dict | None = None,
+        **hparams,
+    ) -> None:
+        super().__init__()
+        student = OmegaConf.to_container(student, resolve=True) if OmegaConf.is_config(student) else dict(student)
+        if getattr(teacher, "vocab_size", vocab_size) != vocab_size:
+            raise ValueError(f"teacher vocab_size {teacher.vocab_size} != data vocab_size {vocab_size}; "
+                             "use the teacher trained on this data")
+        self.student = students.build(student)
+        attach_frozen(self, teacher)
+        data_spec = dict(data_spec) if data_spec is not None else None
+        self.teacher_ref = teacher_reference(teacher, data_spec)
+        self.save_hyperparameters({"objective": self.objective_name, "student": student, "teacher_ref": self.teacher_ref,
+                                   "warmup_steps": warmup_steps, "val_samples": val_samples, "data_spec": data_spec,
+                                   **hparams})
+        self.optimizer_factory = optimizer
+        self.warmup_steps = warmup_steps
+        self.val_samples = val_samples
+        self.data_spec = data_spec
+
+    def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+        raise NotImplementedError
+
+    def on_fit_start(self) -> None:
+        self.teacher.to(self.device)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, values = self.loss(batch)
+        for name, value in values.items():
+            self.log(f"train/{name}", value, prog_bar=name == "objective")
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        generator = torch.Generator(device=batch["tokens"].device).manual_seed(batch_idx)
+        with torch.no_grad():
+            _, values = self.loss(batch, generator)
+        for name, value in values.items():
+            self.log(f"val/{name}", value, prog_bar=name == "objective")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or self.val_samples <= 0:
+            return
+        benchmark = self.trainer.datamodule.benchmark()
+        generated = int(self.trainer.datamodule.answer_mask.sum())
+        for steps in self.student.default_steps(generated):
+            row, _ = evaluate_sampler(self.teacher, self.student, benchmark, steps, self.val_samples, self.val_samples,
+                                      seed=0, sampler_name="val")
+            for key in ("gen_nll", "bigram_kl", "accuracy", "entropy", "nfe"):
+                if key in row:
+                    self.log(f"val/{key}", row[key], prog_bar=key in ("gen_nll", "accuracy"))
+
+    def configure_optimizers(self):
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the student has nothing to train: set student.learn to at least one part")
+        optimizer = self.optimizer_factory(params)
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
+        warmup = max(1, self.warmup_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def export(self, path: str, config_yaml: str | None = None, card: str | None = None) -> None:
+        """The student alone (safetensors + sampler.json), with its teacher by reference."""
+        students.save_student(self.student, path, teacher=self.teacher_ref, config_yaml=config_yaml, card=card,
+                              extra={"objective": self.objective_name, "data": self.data_spec,
+                                     "trained_steps": int(self.global_step)})

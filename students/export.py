@@ -1,0 +1,138 @@
+"""Save and load a distilled student as a self-describing directory (no pickles).
+
+    DIR/model.safetensors   the student's trained tensors (never the teacher's)
+    DIR/sampler.json        format, class and constructor config, the teacher it was distilled from
+                            (kind, data, and for saved teachers path + SHA-256), SHA-256 of the weights
+    DIR/config.yaml         the resolved training config (optional)
+    DIR/README.md           model card: what it is, how to load it, its quality-vs-steps table
+
+The directory is built under a temporary name beside DIR and renamed at the end, so an
+interrupted export leaves nothing at DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from teachers.saved import sha256_file
+
+FORMAT = "fewstep-student/1"
+
+
+def save_student(
+    student: nn.Module,
+    path: str | os.PathLike,
+    teacher: dict,
+    extra: dict | None = None,
+    config_yaml: str | None = None,
+    card: str | None = None,
+) -> Path:
+    """Write `student` (which has a `.config` dict) to the new directory `path`.
+
+    teacher: how to find the teacher again, e.g. {"kind": "saved", "path": ..., "sha256": ...}
+    or {"kind": "oracle", "data": {...}}.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists; choose another export_dir or delete it first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        weights = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+        save_file(weights, tmp / "model.safetensors")
+        meta = {
+            "format": FORMAT,
+            "class": type(student).__name__,
+            "config": student.config,
+            "teacher": teacher,
+            "sha256": sha256_file(tmp / "model.safetensors"),
+            **(extra or {}),
+        }
+        (tmp / "sampler.json").write_text(json.dumps(meta, indent=2))
+        if config_yaml is not None:
+            (tmp / "config.yaml").write_text(config_yaml)
+        if card is not None:
+            (tmp / "README.md").write_text(card)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_student_meta(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    meta_file = path / "sampler.json"
+    if not meta_file.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a student export: {meta_file} is missing; pass the export_dir of a "
+            "`fewstep-train experiment=...` distillation run (or run fewstep-export on its checkpoint)"
+        )
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_file} is not valid JSON ({err}); the export is corrupt, export it again") from err
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}; "
+                         "this is not a fewstep student export")
+    return meta
+
+
+def load_student(path: str | os.PathLike, registry: dict[str, Callable[..., nn.Module]]) -> nn.Module:
+    """Rebuild an exported student in eval mode; checks the weights' SHA-256 first.
+
+    The loaded module carries `teacher_ref` (the sampler.json "teacher" entry) so that callers can
+    check they pair it with the teacher it was distilled from (`check_teacher`).
+    """
+    path = Path(path)
+    meta = read_student_meta(path)
+    cls = registry.get(meta.get("class"))
+    if cls is None:
+        raise ValueError(f"{path}/sampler.json names class {meta.get('class')!r}, which this fewstep does not know "
+                         f"(known: {', '.join(sorted(registry))}); upgrade fewstep or re-export")
+    weights_file = path / "model.safetensors"
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"{weights_file} is missing; the export is incomplete, export it again")
+    if sha256_file(weights_file) != meta.get("sha256"):
+        raise ValueError(f"{weights_file} does not match the SHA-256 recorded in sampler.json (truncated or "
+                         "modified); export the student again from its checkpoint with fewstep-export")
+    try:
+        state = load_file(weights_file)
+    except SafetensorError as err:
+        raise ValueError(f"{weights_file} cannot be read as safetensors ({err}); export it again") from err
+    student = cls(**meta["config"])
+    student.load_state_dict(state)
+    student.teacher_ref = meta["teacher"]
+    student.export_path = str(path)
+    return student.eval()
+
+
+def check_teacher(teacher_ref: dict, teacher: nn.Module, data: dict | None = None) -> None:
+    """Raise a ValueError naming the mismatch if `teacher` is not the one the student was distilled from."""
+    kind = teacher_ref.get("kind")
+    if kind == "saved":
+        actual = getattr(teacher, "sha256", None)
+        if actual != teacher_ref.get("sha256"):
+            raise ValueError(
+                f"this student was distilled from the teacher at {teacher_ref.get('path')} (SHA-256 "
+                f"{str(teacher_ref.get('sha256'))[:12]}...), but the teacher given has SHA-256 {str(actual)[:12]}...; "
+                f"pass teacher=saved teacher.path={teacher_ref.get('path')} (or that teacher's copy)"
+            )
+    elif kind == "oracle":
+        if getattr(teacher, "sha256", None) is not None or not hasattr(teacher, "source"):
+            raise ValueError("this student was distilled from the oracle of its data source; evaluate it with "
+                             "teacher=oracle and the same data")
+    if data is not None and teacher_ref.get("data") is not None:
+        differs = {k: (teacher_ref["data"].get(k), v) for k, v in data.items() if teacher_ref["data"].get(k) != v}
+        if differs:
+            fixes = " ".join(f"data.{k}={a}" for k, (a, _) in differs.items() if k != "kind")
+            raise ValueError(f"this student was distilled on other data ({differs}); add: {fixes}")

@@ -3,6 +3,7 @@ quality-vs-steps table and write metrics.json, samples.safetensors and the sourc
 
     fewstep-eval teacher=oracle data=markov sampler=dilated "eval.steps=[4,8]"
     fewstep-eval teacher=saved teacher.path=DIR sampler=confidence
+    fewstep-eval teacher=oracle sampler=saved sampler.path=STUDENT_DIR    (a distilled student)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import students
 from distill.cli import CONF_DIR, user_errors
 from distill.evaluate import evaluate_sampler, reference_row, sample_key, write_run
 from distill.report import markdown_table
@@ -38,7 +40,13 @@ def run_evaluation(denoiser, sampler, sampler_name: str, datamodule, eval_cfg, o
     """Rows for every step count in eval_cfg.steps plus the true-data row; writes the run files."""
     benchmark = datamodule.benchmark(pair_distances=eval_cfg.pair_distances, kl_smoothing=eval_cfg.kl_smoothing,
                                      repeats=eval_cfg.repeats)
-    step_counts = resolve_steps(eval_cfg.steps, int(datamodule.answer_mask.sum()))
+    generated = int(datamodule.answer_mask.sum())
+    steps = eval_cfg.steps
+    if steps is None and hasattr(sampler, "default_steps"):  # a distilled student has its own step count
+        steps = sampler.default_steps(generated)
+    step_counts = resolve_steps(steps, generated)
+    for count in step_counts if hasattr(sampler, "check_steps") else []:
+        sampler.check_steps(count)  # a student distilled for other step counts fails before any work
     start = time.perf_counter()
     rows, samples = [], {}
     for steps in step_counts:
@@ -71,8 +79,12 @@ def main(cfg: DictConfig) -> None:
     denoiser = instantiate(cfg.teacher, datamodule=datamodule)
     if denoiser.vocab_size != datamodule.vocab_size:
         raise ValueError(f"teacher vocab_size {denoiser.vocab_size} != data vocab_size {datamodule.vocab_size}")
-    denoiser = denoiser.to(cfg.device)  # a no-op for the oracle, which has no tensors
     name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
+    if hasattr(sampler, "teacher_ref"):  # a loaded student: is this the teacher it was distilled from?
+        students.check_teacher(sampler.teacher_ref, denoiser, datamodule.spec())
+        sampler = sampler.to(cfg.device)
+        name = getattr(sampler, "method", name)
+    denoiser = denoiser.to(cfg.device)  # a no-op for the oracle, which has no tensors
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     run_evaluation(denoiser, sampler, name, datamodule, cfg.eval, out_dir, OmegaConf.to_container(cfg, resolve=True))
 

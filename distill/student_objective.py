@@ -21,7 +21,8 @@ from distill.masked_diffusion import warmup_cosine
 
 class StudentObjective(L.LightningModule):
     """Args:
-        student: the student's config ({"_target_": "students.<Class>", ...}), kept primitive.
+        student: the student module, or its config ({"_target_": "students.<Class>", ...}); the
+            hyperparameters keep only the config, so checkpoints stay primitive.
         teacher: the frozen denoiser (oracle or saved); never trained or saved.
         optimizer: a partial optimizer, called with the student's trainable parameters.
         warmup_steps: linear warm-up, then cosine decay to 5% over trainer.max_steps.
@@ -33,7 +34,7 @@ class StudentObjective(L.LightningModule):
 
     def __init__(
         self,
-        student: dict,
+        student: nn.Module | dict,
         teacher: nn.Module,
         optimizer: partial,
         vocab_size: int,
@@ -44,11 +45,15 @@ class StudentObjective(L.LightningModule):
         **hparams,
     ) -> None:
         super().__init__()
-        student = OmegaConf.to_container(student, resolve=True) if OmegaConf.is_config(student) else dict(student)
+        if isinstance(student, nn.Module):
+            self.student = student
+            student = {"_target_": f"students.{type(student).__name__}", **student.config}
+        else:
+            student = OmegaConf.to_container(student, resolve=True) if OmegaConf.is_config(student) else dict(student)
+            self.student = students.build(student)
         if getattr(teacher, "vocab_size", vocab_size) != vocab_size:
             raise ValueError(f"teacher vocab_size {teacher.vocab_size} != data vocab_size {vocab_size}; "
                              "use the teacher trained on this data")
-        self.student = students.build(student)
         attach_frozen(self, teacher)
         data_spec = dict(data_spec) if data_spec is not None else None
         self.teacher_ref = teacher_reference(teacher, data_spec)
@@ -101,8 +106,8 @@ class StudentObjective(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def export(self, path: str, config_yaml: str | None = None, card: str | None = None) -> None:
+    def export(self, path: str, method: str = "student", config_yaml: str | None = None, card: str | None = None) -> None:
         """The student alone (safetensors + sampler.json), with its teacher by reference."""
         students.save_student(self.student, path, teacher=self.teacher_ref, config_yaml=config_yaml, card=card,
-                              extra={"objective": self.objective_name, "data": self.data_spec,
+                              extra={"method": method, "objective": self.objective_name, "data": self.data_spec,
                                      "trained_steps": int(self.global_step)})

@@ -2,6 +2,7 @@
 print its quality-vs-steps table.
 
     fewstep-train experiment=teacher_markov export_dir=DIR
+    fewstep-train experiment=lsd_joint_oracle student.steps=8 export_dir=DIR
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from distill.cli import CONF_DIR, user_errors
 from distill.compare_app import compare
 from distill.eval_app import resolve_steps, run_evaluation
+from distill.model_card import model_card
+from distill.student_objective import StudentObjective
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
@@ -28,32 +31,54 @@ def main(cfg: DictConfig) -> None:
         raise FileExistsError(f"export_dir {export_dir} already exists; choose another export_dir or delete it first")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    if cfg.eval.after_training:  # bad step counts fail now, not after training
-        resolve_steps(cfg.eval.steps, int(datamodule.answer_mask.sum()))
+    generated = int(datamodule.answer_mask.sum())
+    if cfg.eval.after_training and cfg.eval.steps is not None:  # bad step counts fail now, not after training
+        resolve_steps(cfg.eval.steps, generated)
 
-    # 1. optional frozen teacher, objective
+    # 1. optional frozen teacher and student, objective
     runtime = {"vocab_size": datamodule.vocab_size, "seq_len": datamodule.seq_len, "data_spec": datamodule.spec()}
+    if cfg.get("student"):
+        if not cfg.get("teacher"):
+            raise ValueError("a student needs a frozen teacher: add teacher=oracle or teacher=saved teacher.path=DIR")
+        runtime["student"] = instantiate(cfg.student, _convert_="all")
     if cfg.get("teacher"):
         runtime["teacher"] = instantiate(cfg.teacher, datamodule=datamodule)
     objective = instantiate(cfg.objective, **runtime, _convert_="all")  # primitive hparams: weights_only loads
-    sampler = instantiate(cfg.sampler)
-    objective.val_sampler = sampler
+    choices = HydraConfig.get().runtime.choices
+    if isinstance(objective, StudentObjective):
+        denoiser, sampler, name = objective.teacher, objective.student, choices.get("student") or "student"
+        if cfg.eval.after_training and cfg.eval.steps is None:
+            resolve_steps(sampler.default_steps(generated), generated)
+    else:
+        sampler, name = instantiate(cfg.sampler), choices.get("sampler") or "sampler"
+        objective.val_sampler = sampler
 
     # 2. fit
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
     trainer.fit(objective, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    if not trainer.is_global_zero:
+        return
 
-    # 3. export, then the quality-vs-steps table of what was trained
-    if trainer.is_global_zero:
+    # 3. the quality-vs-steps table of what was trained, then the export
+    rows = []
+    if isinstance(objective, StudentObjective):
+        objective.teacher.to(objective.device)
+        if hasattr(sampler, "describe"):
+            print(sampler.describe(generated))
+    else:
+        denoiser = objective.network
+    if cfg.eval.after_training:
+        rows = run_evaluation(denoiser.eval(), sampler.eval() if hasattr(sampler, "eval") else sampler, name,
+                              datamodule, cfg.eval, out_dir, OmegaConf.to_container(cfg, resolve=True), print_table=False)
+        compare([str(out_dir / "metrics.json")], out_dir / "compare", reference=name)
+    if isinstance(objective, StudentObjective):
+        objective.export(str(export_dir), method=name, config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+                         card=model_card(name, sampler, objective.teacher_ref, rows, generated))
+    else:
         objective.export(str(export_dir))
-        print(f"exported to {export_dir}")
-        if cfg.eval.after_training:
-            name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
-            run_evaluation(objective.network.eval(), sampler, name, datamodule, cfg.eval, out_dir,
-                           OmegaConf.to_container(cfg, resolve=True), print_table=False)
-            compare([str(out_dir / "metrics.json")], out_dir / "compare", reference=name)
+    print(f"exported to {export_dir}")
 
 
 if __name__ == "__main__":

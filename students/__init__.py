@@ -14,6 +14,7 @@ from torch import nn
 from students.export import check_teacher, load_student, save_student
 from students.learned_sampler import LearnedSampler
 from students.reveal_rule import FEATURES
+from students.rule_sampler import RuleSampler
 
 REGISTRY = {"LearnedSampler": LearnedSampler}
 
@@ -32,4 +33,4 @@ def load(path: str | os.PathLike) -> nn.Module:
     return load_student(path, REGISTRY)
 
 
-__all__ = ["FEATURES", "LearnedSampler", "REGISTRY", "build", "check_teacher", "load", "load_student", "save_student"]
+__all__ = ["FEATURES", "LearnedSampler", "REGISTRY", "RuleSampler", "build", "check_teacher", "load", "load_student", "save_student"]

@@ -112,6 +112,7 @@ def load_student(path: str | os.PathLike, registry: dict[str, Callable[..., nn.M
     student = cls(**meta["config"])
     student.load_state_dict(state)
     student.teacher_ref = meta["teacher"]
+    student.method = meta.get("method", meta["class"])
     student.export_path = str(path)
     return student.eval()
 

@@ -58,6 +58,11 @@ class LearnedSampler(nn.Module):
     def default_steps(self, generated: int) -> list[int]:
         return [self.steps]
 
+    def check_steps(self, steps: int) -> None:
+        if steps != self.steps:
+            raise ValueError(f"this student was distilled for {self.steps} steps, got steps={steps}; "
+                             f"use eval.steps=[{self.steps}] or distill a student with student.steps={steps}")
+
     # --- the schedule -------------------------------------------------------------------------
     def coefficients(self) -> Tensor:
         return self.log_coefficient.exp()
@@ -118,9 +123,8 @@ class LearnedSampler(nn.Module):
         return_trace: bool = False,
     ) -> SampleOutput:
         """Generate every masked position in `self.steps` denoiser calls (`steps`, if given, must match)."""
-        if steps is not None and steps != self.steps:
-            raise ValueError(f"this student was distilled for {self.steps} steps, got steps={steps}; "
-                             f"use eval.steps=[{self.steps}] or distill a student with student.steps={steps}")
+        if steps is not None:
+            self.check_steps(steps)
         tokens = make_canvas(denoiser.mask_id, batch_size, seq_len, prompt)
         counts, _ = self.counts((tokens == denoiser.mask_id).sum(-1).cpu())
         counts = counts.to(tokens.device)

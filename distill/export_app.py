@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+import students
 from teachers.saved import save_teacher
 from teachers.transformer import TransformerDenoiser
 
@@ -29,24 +30,38 @@ def read_checkpoint(path: str | Path) -> dict:
                          "not a Lightning checkpoint: use another one, e.g. checkpoints/last.ckpt") from err
 
 
+def _substate(checkpoint: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+
+
 def network_from_checkpoint(checkpoint: dict) -> TransformerDenoiser:
     """The trained denoiser of a masked-diffusion (teacher) checkpoint."""
-    hparams = checkpoint.get("hyper_parameters", {})
-    if hparams.get("objective") != "masked_diffusion":
-        raise ValueError(f"checkpoint of objective {hparams.get('objective')!r}: only teacher (masked_diffusion) "
-                         "checkpoints export yet")
-    network = TransformerDenoiser(**hparams["network"])
-    prefix = "network."
-    network.load_state_dict({k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)})
+    network = TransformerDenoiser(**checkpoint["hyper_parameters"]["network"])
+    network.load_state_dict(_substate(checkpoint, "network."))
     return network.eval()
+
+
+def student_from_checkpoint(checkpoint: dict):
+    """The trained student of a distillation checkpoint (the teacher is never in it)."""
+    student = students.build(checkpoint["hyper_parameters"]["student"])
+    student.load_state_dict(_substate(checkpoint, "student."))
+    return student.eval()
 
 
 def export_checkpoint(checkpoint_path: str | Path, export_dir: str | Path) -> Path:
     checkpoint = read_checkpoint(checkpoint_path)
-    network = network_from_checkpoint(checkpoint)
-    data = checkpoint["hyper_parameters"].get("data_spec") or {}
+    hparams = checkpoint.get("hyper_parameters", {})
     extra = {"trained_steps": int(checkpoint.get("global_step", 0)), "checkpoint": str(checkpoint_path)}
-    return save_teacher(network, export_dir, data=data, extra=extra)
+    if hparams.get("objective") == "masked_diffusion":
+        return save_teacher(network_from_checkpoint(checkpoint), export_dir, data=hparams.get("data_spec") or {},
+                            extra=extra)
+    if "student" in hparams:
+        extra.update(objective=hparams.get("objective"), data=hparams.get("data_spec"),
+                     method=hparams.get("method", hparams["student"].get("_target_", "student").rsplit(".", 1)[-1]))
+        return students.save_student(student_from_checkpoint(checkpoint), export_dir, teacher=hparams["teacher_ref"],
+                                     extra=extra)
+    raise ValueError(f"{checkpoint_path} is a checkpoint of objective {hparams.get('objective')!r}, which has neither a "
+                     "network nor a student to export; pass a checkpoint written by fewstep-train")
 
 
 def main(argv: list[str] | None = None) -> None:

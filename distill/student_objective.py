@@ -28,6 +28,7 @@ class StudentObjective(L.LightningModule):
         warmup_steps: linear warm-up, then cosine decay to 5% over trainer.max_steps.
         val_samples: sequences sampled by the student at every validation.
         data_spec: what defines the data (recorded in the export with the teacher reference).
+        method: the name rows and exports carry (the student config's name, e.g. lsd_joint).
     """
 
     objective_name = "student"
@@ -42,6 +43,7 @@ class StudentObjective(L.LightningModule):
         warmup_steps: int = 0,
         val_samples: int = 256,
         data_spec: dict | None = None,
+        method: str = "student",
         **hparams,
     ) -> None:
         super().__init__()
@@ -59,7 +61,8 @@ class StudentObjective(L.LightningModule):
         self.teacher_ref = teacher_reference(teacher, data_spec)
         self.save_hyperparameters({"objective": self.objective_name, "student": student, "teacher_ref": self.teacher_ref,
                                    "warmup_steps": warmup_steps, "val_samples": val_samples, "data_spec": data_spec,
-                                   **hparams})
+                                   "method": method, **hparams})
+        self.method = method
         self.optimizer_factory = optimizer
         self.warmup_steps = warmup_steps
         self.val_samples = val_samples
@@ -106,8 +109,8 @@ class StudentObjective(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def export(self, path: str, method: str = "student", config_yaml: str | None = None, card: str | None = None) -> None:
+    def export(self, path: str, config_yaml: str | None = None, card: str | None = None) -> None:
         """The student alone (safetensors + sampler.json), with its teacher by reference."""
         students.save_student(self.student, path, teacher=self.teacher_ref, config_yaml=config_yaml, card=card,
-                              extra={"method": method, "objective": self.objective_name, "data": self.data_spec,
+                              extra={"method": self.method, "objective": self.objective_name, "data": self.data_spec,
                                      "trained_steps": int(self.global_step)})

@@ -41,6 +41,7 @@ def main(cfg: DictConfig) -> None:
         if not cfg.get("teacher"):
             raise ValueError("a student needs a frozen teacher: add teacher=oracle or teacher=saved teacher.path=DIR")
         runtime["student"] = instantiate(cfg.student, _convert_="all")
+        runtime["method"] = HydraConfig.get().runtime.choices.get("student") or "student"
     if cfg.get("teacher"):
         runtime["teacher"] = instantiate(cfg.teacher, datamodule=datamodule)
     objective = instantiate(cfg.objective, **runtime, _convert_="all")  # primitive hparams: weights_only loads
@@ -74,7 +75,7 @@ def main(cfg: DictConfig) -> None:
                               datamodule, cfg.eval, out_dir, OmegaConf.to_container(cfg, resolve=True), print_table=False)
         compare([str(out_dir / "metrics.json")], out_dir / "compare", reference=name)
     if isinstance(objective, StudentObjective):
-        objective.export(str(export_dir), method=name, config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        objective.export(str(export_dir), config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
                          card=model_card(name, sampler, objective.teacher_ref, rows, generated))
     else:
         objective.export(str(export_dir))

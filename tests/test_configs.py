@@ -11,6 +11,8 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from distill.cli import CONF_DIR
+from students import LearnedSampler, save_student
+from teachers import TransformerDenoiser, save_teacher
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
 
@@ -30,6 +32,12 @@ def compose_cfg(name: str, overrides: list[str], tmp_path):
     return cfg
 
 
+def tiny_saved_teacher(datamodule, path: Path) -> Path:
+    """A 1-layer teacher saved for `datamodule`'s data, standing in for a trained one."""
+    net = TransformerDenoiser(datamodule.vocab_size, datamodule.seq_len, n_layer=1, n_head=2, d_model=16)
+    return save_teacher(net, path, data=datamodule.spec())
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(experiment, tmp_path):
     cfg = compose_cfg("train", [f"experiment={experiment}"], tmp_path)
@@ -37,8 +45,19 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
 
     HydraConfig.instance().set_config(cfg)
     datamodule = instantiate(cfg.data)
-    objective = instantiate(cfg.objective, vocab_size=datamodule.vocab_size, seq_len=datamodule.seq_len)
-    assert objective.network.vocab_size == datamodule.vocab_size
+    runtime = {"vocab_size": datamodule.vocab_size, "seq_len": datamodule.seq_len, "data_spec": datamodule.spec()}
+    if cfg.get("teacher"):
+        if cfg.teacher._target_.endswith("saved_teacher"):
+            cfg.teacher.path = str(tiny_saved_teacher(datamodule, tmp_path / "teacher"))
+        runtime["teacher"] = instantiate(cfg.teacher, datamodule=datamodule)
+        runtime["student"] = instantiate(cfg.student, _convert_="all")
+    objective = instantiate(cfg.objective, **runtime, _convert_="all")
+    if cfg.get("teacher"):  # a distillation objective: the teacher is frozen and not part of the module
+        assert not any(k.startswith("teacher") for k in objective.state_dict())
+        assert all(not p.requires_grad for p in runtime["teacher"].parameters())
+        assert any(p.requires_grad for p in objective.student.parameters())
+    else:
+        assert objective.network.vocab_size == datamodule.vocab_size
     assert cfg.trainer.max_steps > 0 and cfg.eval.after_training
 
 
@@ -52,7 +71,10 @@ def test_every_data_option_instantiates(option, tmp_path):
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (Path(CONF_DIR) / "sampler").glob("*.yaml")))
 def test_every_sampler_option_instantiates(option, tmp_path):
-    cfg = compose_cfg("eval", [f"sampler={option}"], tmp_path)
+    overrides = []
+    if option == "saved":  # an exported student
+        overrides = [f"sampler.path={save_student(LearnedSampler(2), tmp_path / 'student', teacher={'kind': 'oracle'})}"]
+    cfg = compose_cfg("eval", [f"sampler={option}", *overrides], tmp_path)
     assert hasattr(instantiate(cfg.sampler), "sample")
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from distill.report import markdown_table
 
-COLUMNS = ["method", "steps", "nfe", "tokens_per_forward", "gen_nll", "bigram_kl", "entropy", "accuracy",
+COLUMNS = ["method", "steps", "nfe", "tokens_per_forward", "gen_nll", "gen_ppl", "bigram_kl", "entropy", "accuracy",
            "distinct_answers", "low_prob_rate", "wall_s", "speedup"]
 
 
@@ -61,7 +61,11 @@ def collect_rows(files: list[Path]) -> tuple[list[dict], dict | None]:
 
 
 def quality_key(rows: list[dict]) -> str:
-    return "accuracy" if any("accuracy" in r for r in rows) else "gen_nll"
+    """accuracy (conditional tasks), gen NLL (ground-truth sources), judge perplexity or entropy (text)."""
+    for key in ("accuracy", "gen_nll", "gen_ppl"):
+        if any(key in r for r in rows):
+            return key
+    return "entropy"
 
 
 def reference_row(rows: list[dict], reference: str) -> dict | None:
@@ -108,18 +112,21 @@ def plot(rows: list[dict], truth: dict | None, ref: dict | None, out: Path) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["accuracy"] if quality_key(rows) == "accuracy" else ["gen_nll", "bigram_kl"]
+    keys = {"accuracy": ["accuracy"], "gen_nll": ["gen_nll", "bigram_kl"], "gen_ppl": ["gen_ppl", "entropy"],
+            "entropy": ["entropy"]}[quality_key(rows)]
     fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for method in dict.fromkeys(r["method"] for r in rows):
             pts = sorted((r["nfe"], r[key]) for r in rows if r["method"] == method and key in r)
+            if not pts:
+                continue
             is_ref = ref is not None and method == ref["method"]
             ax.plot(*zip(*pts), marker="o", label=method + (" (reference)" if is_ref else ""), lw=2.5 if is_ref else 1.5)
         if truth is not None and key in truth:
             floor = " (finite-sample floor)" if key not in ("accuracy", "gen_nll") else ""
             ax.axhline(truth[key], color="k", ls="--", lw=1, label=f"true data{floor}")
         ax.set_xscale("log", base=2)
-        if key == "bigram_kl":
+        if key in ("bigram_kl", "gen_ppl"):
             ax.set_yscale("log")
         ax.set(xlabel="NFE (denoiser forward passes)", ylabel=key, title=f"{key} vs NFE")
         ax.grid(alpha=0.3, which="both")

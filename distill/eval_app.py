@@ -39,7 +39,7 @@ def run_evaluation(denoiser, sampler, sampler_name: str, datamodule, eval_cfg, o
                    print_table: bool = True) -> list[dict]:
     """Rows for every step count in eval_cfg.steps plus the true-data row; writes the run files."""
     benchmark = datamodule.benchmark(pair_distances=eval_cfg.pair_distances, kl_smoothing=eval_cfg.kl_smoothing,
-                                     repeats=eval_cfg.repeats)
+                                     repeats=eval_cfg.repeats, judge_path=eval_cfg.get("judge_path"))
     generated = int(datamodule.answer_mask.sum())
     steps = eval_cfg.steps
     if steps is None and hasattr(sampler, "default_steps"):  # a distilled student has its own step count
@@ -77,8 +77,9 @@ def main(cfg: DictConfig) -> None:
     datamodule = instantiate(cfg.data)
     sampler = instantiate(cfg.sampler)
     denoiser = instantiate(cfg.teacher, datamodule=datamodule)
-    if denoiser.vocab_size != datamodule.vocab_size:
-        raise ValueError(f"teacher vocab_size {denoiser.vocab_size} != data vocab_size {datamodule.vocab_size}")
+    if denoiser.vocab_size < datamodule.vocab_size or (hasattr(datamodule, "source") and denoiser.vocab_size != datamodule.vocab_size):
+        raise ValueError(f"teacher vocab_size {denoiser.vocab_size} does not fit the data's {datamodule.vocab_size} tokens; "
+                         "use the teacher trained on this data (or the tokenizer of this teacher)")
     name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
     if hasattr(sampler, "teacher_ref"):  # a loaded student: is this the teacher it was distilled from?
         students.check_teacher(sampler.teacher_ref, denoiser, datamodule.spec())

@@ -89,6 +89,11 @@ def write_run(out_dir: str | Path, rows: list[dict], samples: dict[str, Tensor],
     save_file({k: v.contiguous() for k, v in samples.items()}, out_dir / "samples.safetensors")
     for name, tensors in benchmark.files().items():
         save_file({k: v.contiguous() for k, v in tensors.items()}, out_dir / name)
+    if hasattr(benchmark, "decode"):  # text: the samples a person can read
+        lines = []
+        for key, tokens in samples.items():
+            lines += [f"## {key}", *(t.replace("\n", " ") for t in benchmark.decode(tokens)), ""]
+        (out_dir / "samples.txt").write_text("\n".join(lines))
     payload = {"rows": rows, "reference": benchmark.summary(), "samples_keys": list(samples), "config": config,
                "provenance": provenance(), "wall_s": wall_s}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2))

@@ -18,8 +18,9 @@ def attach_frozen(module: nn.Module, teacher: nn.Module) -> None:
 
 def teacher_reference(teacher: nn.Module, data_spec: dict | None) -> dict:
     """How an export finds its teacher again: by path + SHA-256 (saved) or as the data's oracle."""
-    if getattr(teacher, "sha256", None) is not None:
-        return {"kind": "saved", "path": getattr(teacher, "path", None), "sha256": teacher.sha256, "data": data_spec}
+    if getattr(teacher, "sha256", None) is not None or getattr(teacher, "kind", None):
+        return {"kind": getattr(teacher, "kind", "saved"), "path": getattr(teacher, "path", None),
+                "sha256": getattr(teacher, "sha256", None), "data": data_spec}
     if hasattr(teacher, "source"):
         return {"kind": "oracle", "data": data_spec}
     return {"kind": type(teacher).__name__, "data": data_spec}

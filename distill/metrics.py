@@ -82,7 +82,8 @@ class EntropyMetric(Metric):
         self.add_state("samples", _zero(), dist_reduce_fx="sum")
 
     def update(self, tokens: Tensor) -> None:
-        counts = torch.nn.functional.one_hot(tokens, self.vocab_size).sum(1).to(torch.float64)  # (B, V)
+        counts = torch.zeros(tokens.shape[0], self.vocab_size, dtype=torch.float64, device=tokens.device)
+        counts.scatter_add_(1, tokens, torch.ones_like(tokens, dtype=torch.float64))  # (B, V), no (B, L, V) one-hot
         p = counts / counts.sum(-1, keepdim=True)
         self.entropy_sum += -(p * p.clamp_min(1e-300).log()).sum()
         self.samples += tokens.shape[0]
@@ -175,3 +176,47 @@ class ForwardPassMetric(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         return {"nfe": self.forwards / self.sequences, "tokens_per_forward": self.tokens / self.forwards}
+
+
+class GenPPLMetric(Metric):
+    """Generative perplexity: exp(mean NLL per predicted token) of the samples' text under a judge
+    causal LM (e.g. GPT-2 Large). Samples are decoded with the teacher's tokenizer and re-encoded
+    with the judge's; the first judge token of each sample is context only. Always report it with
+    entropy: a collapsed sampler scores a low perplexity.
+    """
+
+    full_state_update = False
+
+    def __init__(self, judge, judge_tokenizer, decode, batch_size: int = 16) -> None:
+        super().__init__()
+        self.judge = judge
+        self.judge_tokenizer = judge_tokenizer
+        self.decode = decode
+        self.batch_size = batch_size
+        self.add_state("nll_sum", _zero(), dist_reduce_fx="sum")
+        self.add_state("tokens", _zero(), dist_reduce_fx="sum")
+
+    @torch.no_grad()
+    def update(self, tokens: Tensor) -> None:
+        texts = self.decode(tokens)
+        device = next(self.judge.parameters()).device
+        for start in range(0, len(texts), self.batch_size):
+            encoded = [self.judge_tokenizer(t)["input_ids"] for t in texts[start:start + self.batch_size]]
+            encoded = [ids for ids in encoded if len(ids) >= 2]
+            if not encoded:
+                continue
+            width = max(len(ids) for ids in encoded)
+            ids = torch.zeros(len(encoded), width, dtype=torch.long)
+            attention = torch.zeros(len(encoded), width, dtype=torch.long)
+            for row, seq in enumerate(encoded):
+                ids[row, : len(seq)] = torch.tensor(seq)
+                attention[row, : len(seq)] = 1
+            ids, attention = ids.to(device), attention.to(device)
+            logits = self.judge(input_ids=ids, attention_mask=attention).logits[:, :-1].double()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            scored = attention[:, 1:].double()
+            self.nll_sum += (nll * scored).sum().cpu()
+            self.tokens += scored.sum().cpu()
+
+    def compute(self) -> Tensor:
+        return (self.nll_sum / self.tokens.clamp_min(1)).exp()

@@ -53,7 +53,7 @@ class StudentObjective(L.LightningModule):
         else:
             student = OmegaConf.to_container(student, resolve=True) if OmegaConf.is_config(student) else dict(student)
             self.student = students.build(student)
-        if getattr(teacher, "vocab_size", vocab_size) != vocab_size:
+        if getattr(teacher, "vocab_size", vocab_size) < vocab_size:
             raise ValueError(f"teacher vocab_size {teacher.vocab_size} != data vocab_size {vocab_size}; "
                              "use the teacher trained on this data")
         attach_frozen(self, teacher)

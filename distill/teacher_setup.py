@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from teachers.hf import HFDiffusionLM, HFMaskedLM
 from teachers.oracle import OracleDenoiser
 from teachers.saved import load_teacher
 
@@ -36,3 +37,27 @@ def saved_teacher(path: str, datamodule) -> nn.Module:
             f"by adding: {fixes}".rstrip()
         )
     return teacher
+
+
+def _check_text_teacher(teacher: nn.Module, datamodule) -> nn.Module:
+    if teacher.vocab_size < datamodule.vocab_size:
+        raise ValueError(f"the teacher's vocabulary ({teacher.vocab_size}) is smaller than its tokenizer's "
+                         f"({datamodule.vocab_size}); data.tokenizer must be the teacher's own tokenizer")
+    return teacher
+
+
+def hf_masked_lm(path: str, datamodule, dtype: str = "float32", mask_id: int | None = None,
+                 suppress_special: bool = True, trust_remote_code: bool = False) -> nn.Module:
+    """A transformers AutoModelForMaskedLM (BERT, RoBERTa, ModernBERT, ...), frozen."""
+    if path is None or path == "???":
+        raise ValueError("teacher=hf_masked_lm needs teacher.path=DIR (a save_pretrained directory) or a hub id")
+    return _check_text_teacher(HFMaskedLM(path, dtype, mask_id, suppress_special, trust_remote_code), datamodule)
+
+
+def hf_diffusion_lm(path: str, datamodule, dtype: str = "bfloat16", mask_id: int | None = None,
+                    suppress_special: bool = True, trust_remote_code: bool = False, shift_logits: bool = False) -> nn.Module:
+    """A LLaDA/Dream-style diffusion LM (AutoModel), frozen."""
+    if path is None or path == "???":
+        raise ValueError("this teacher needs teacher.path=DIR or a hub id")
+    model = HFDiffusionLM(path, dtype, mask_id, suppress_special, trust_remote_code, shift_logits)
+    return _check_text_teacher(model, datamodule)

@@ -120,13 +120,13 @@ def load_student(path: str | os.PathLike, registry: dict[str, Callable[..., nn.M
 def check_teacher(teacher_ref: dict, teacher: nn.Module, data: dict | None = None) -> None:
     """Raise a ValueError naming the mismatch if `teacher` is not the one the student was distilled from."""
     kind = teacher_ref.get("kind")
-    if kind == "saved":
+    if kind != "oracle" and teacher_ref.get("sha256") is not None:  # saved or transformers teachers
         actual = getattr(teacher, "sha256", None)
         if actual != teacher_ref.get("sha256"):
             raise ValueError(
                 f"this student was distilled from the teacher at {teacher_ref.get('path')} (SHA-256 "
                 f"{str(teacher_ref.get('sha256'))[:12]}...), but the teacher given has SHA-256 {str(actual)[:12]}...; "
-                f"pass teacher=saved teacher.path={teacher_ref.get('path')} (or that teacher's copy)"
+                f"pass teacher={kind} teacher.path={teacher_ref.get('path')} (or that teacher's copy)"
             )
     elif kind == "oracle":
         if getattr(teacher, "sha256", None) is not None or not hasattr(teacher, "source"):

@@ -1,0 +1,149 @@
+"""transformers models behind the Denoiser contract (logits, hidden states, embeddings, LM head).
+
+    HFMaskedLM("path/or/hub-id")                  any AutoModelForMaskedLM (BERT, RoBERTa, ModernBERT, ...)
+    HFDiffusionLM("GSAI-ML/LLaDA-8B-Instruct", trust_remote_code=True)
+    HFDiffusionLM("Dream-org/Dream-v0-Instruct-7B", trust_remote_code=True, shift_logits=True)
+
+The mask token comes from the tokenizer (or `mask_id`, e.g. LLaDA's 126336, when the tokenizer has
+none). Special tokens (mask, pad, cls, sep, bos, eos, unk) get logit -1e4 so samplers never draw
+them (`suppress_special=False` keeps them). Weights load in `dtype` (bfloat16 on GPU); the module
+is frozen. Dream predicts token i+1 at position i: `shift_logits=True` moves its logits one place
+right so position i scores token i, as every sampler here expects.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+from torch import Tensor, nn
+
+SUPPRESSED = -1e4  # the logit of a token never to draw: probability 0, and finite so coefficients stay differentiable
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"teacher.dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def _mask_id(tokenizer, config, mask_id: int | None, path: str) -> int:
+    for candidate in (mask_id, getattr(tokenizer, "mask_token_id", None), getattr(config, "mask_token_id", None)):
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError(f"the tokenizer at {path} has no mask token and the model config names none; pass "
+                     "teacher.mask_id=ID (the id the model was trained to denoise) or add a mask token to the tokenizer")
+
+
+def _lm_head(model: nn.Module):
+    """The module mapping last hidden states to logits (not always one Linear)."""
+    if hasattr(model, "cls"):  # BERT
+        return model.cls
+    if hasattr(model, "lm_head"):  # RoBERTa, Dream, most decoder-style code
+        return model.lm_head
+    if hasattr(model, "head") and hasattr(model, "decoder"):  # ModernBERT
+        return lambda h: model.decoder(model.head(h))
+    return model.get_output_embeddings()
+
+
+class _HFDenoiser(nn.Module):
+    def __init__(self, model: nn.Module, tokenizer, path: str, mask_id: int | None, suppress_special: bool,
+                 shift_logits: bool) -> None:
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.path = str(path)
+        self.mask_id = _mask_id(tokenizer, model.config, mask_id, path)
+        self.vocab_size = int(model.config.vocab_size)
+        self.seq_len = None
+        self.shift_logits = shift_logits
+        special = {getattr(tokenizer, f"{t}_token_id", None) for t in ("mask", "pad", "cls", "sep", "bos", "eos", "unk")}
+        special = {i for i in special | {self.mask_id} if i is not None and i < self.vocab_size}
+        special |= set(range(len(tokenizer), self.vocab_size))  # padded ids no tokenizer can decode
+        special = sorted(special)
+        self.register_buffer("special_ids", torch.tensor(special if suppress_special else [], dtype=torch.long),
+                             persistent=False)
+        self.sha256 = _weights_digest(path)
+
+    def _finish(self, logits: Tensor) -> Tensor:
+        logits = logits[..., : self.vocab_size].float()
+        if self.shift_logits:  # Dream: position i predicts token i + 1
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        if len(self.special_ids):
+            logits = logits.index_fill(-1, self.special_ids, SUPPRESSED)
+        return logits
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self._finish(self.model(input_ids=tokens).logits)
+
+    def hidden_states(self, tokens: Tensor) -> Tensor:
+        return self.model(input_ids=tokens, output_hidden_states=True).hidden_states[-1]
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        return self.model.get_input_embeddings()(tokens)
+
+    def lm_head(self, hidden: Tensor) -> Tensor:
+        return self._finish(_lm_head(self.model)(hidden))
+
+
+def _weights_digest(path: str) -> str | None:
+    """SHA-256 of a local model's weight files (None for hub ids): what student exports record."""
+    from teachers.saved import sha256_file
+
+    if not os.path.isdir(path):
+        return None
+    files = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".bin")))
+    if not files:
+        return None
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.encode() + sha256_file(os.path.join(path, f)).encode())
+    return digest.hexdigest()
+
+
+def _tokenizer(path: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"no tokenizer could be loaded from {path} ({err}); a teacher directory needs its tokenizer "
+                         "files (save them with tokenizer.save_pretrained(DIR))") from err
+
+
+class HFMaskedLM(_HFDenoiser):
+    """Any transformers AutoModelForMaskedLM, by local path or hub id."""
+
+    kind = "hf_masked_lm"
+
+    def __init__(self, path: str, dtype: str = "float32", mask_id: int | None = None, suppress_special: bool = True,
+                 trust_remote_code: bool = False) -> None:
+        from transformers import AutoModelForMaskedLM
+
+        tokenizer = _tokenizer(path, trust_remote_code)
+        model = AutoModelForMaskedLM.from_pretrained(path, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
+        super().__init__(model, tokenizer, path, mask_id, suppress_special, shift_logits=False)
+
+
+class HFDiffusionLM(_HFDenoiser):
+    """LLaDA/Dream-style diffusion LMs (AutoModel); remote code runs only with trust_remote_code=True."""
+
+    kind = "hf_diffusion_lm"
+
+    def __init__(self, path: str, dtype: str = "bfloat16", mask_id: int | None = None, suppress_special: bool = True,
+                 trust_remote_code: bool = False, shift_logits: bool = False) -> None:
+        from transformers import AutoConfig, AutoModel
+
+        config_file = os.path.join(path, "config.json")
+        ships_code = os.path.isfile(config_file) and "auto_map" in json.loads(open(config_file).read())
+        if ships_code and not trust_remote_code:
+            raise ValueError(f"the model at {path} ships its own code (auto_map in config.json); read it, then pass "
+                             "teacher.trust_remote_code=true to run it")
+        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)  # fails early on a bad config
+        tokenizer = _tokenizer(path, trust_remote_code)
+        model = AutoModel.from_pretrained(path, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
+        super().__init__(model, tokenizer, path, mask_id, suppress_special, shift_logits)

@@ -5,7 +5,7 @@
     HFDiffusionLM("Dream-org/Dream-v0-Instruct-7B", trust_remote_code=True, shift_logits=True)
 
 The mask token comes from the tokenizer (or `mask_id`, e.g. LLaDA's 126336, when the tokenizer has
-none). Special tokens (mask, pad, cls, sep, bos, eos, unk) get logit -1e4 so samplers never draw
+none). Mask, pad, cls, bos and unk tokens get logit -1e4 so samplers never draw
 them (`suppress_special=False` keeps them). Weights load in `dtype` (bfloat16 on GPU); the module
 is frozen. Dream predicts token i+1 at position i: `shift_logits=True` moves its logits one place
 right so position i scores token i, as every sampler here expects.
@@ -59,7 +59,8 @@ class _HFDenoiser(nn.Module):
         self.vocab_size = int(model.config.vocab_size)
         self.seq_len = None
         self.shift_logits = shift_logits
-        special = {getattr(tokenizer, f"{t}_token_id", None) for t in ("mask", "pad", "cls", "sep", "bos", "eos", "unk")}
+        # never drawn: mask, padding, sequence-start and unknown tokens (end tokens may end an answer)
+        special = {getattr(tokenizer, f"{t}_token_id", None) for t in ("mask", "pad", "cls", "bos", "unk")}
         special = {i for i in special | {self.mask_id} if i is not None and i < self.vocab_size}
         special |= set(range(len(tokenizer), self.vocab_size))  # padded ids no tokenizer can decode
         special = sorted(special)

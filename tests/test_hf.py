@@ -39,7 +39,8 @@ def test_masked_lm_adapter_contract(models):
     x = canvas(model)
     logits = model(x)
     assert model.mask_id == 4 and model.vocab_size == 20 and logits.shape == (3, 10, 20)
-    assert (logits[..., :5] == -1e4).all() and (torch.softmax(logits, -1)[..., :5] == 0).all()  # specials never drawn
+    never = [0, 1, 2, 4]  # pad, unk, cls, mask; [SEP] (3) may end an answer
+    assert (logits[..., never] == -1e4).all() and (torch.softmax(logits, -1)[..., never] == 0).all()
     assert torch.allclose(model.lm_head(model.hidden_states(x)), logits, atol=1e-5)
     assert model.embed(x).shape == (3, 10, 16) and not any(p.requires_grad for p in model.parameters())
     assert model.sha256 is not None and len(model.sha256) == 64
@@ -137,7 +138,7 @@ def test_lsd_joint_trains_exports_and_samples_on_a_transformers_teacher(models, 
     model = builder(str(student.teacher_ref["path"]), data, **kwargs)
     students.check_teacher(student.teacher_ref, model, data.spec())
     out = student.sample(model, batch_size=5, seq_len=16, generator=torch.Generator().manual_seed(0))
-    assert out.nfe == 4 and not (out.tokens == model.mask_id).any() and (out.tokens >= 5).all()
+    assert out.nfe == 4 and not (out.tokens == model.mask_id).any() and (out.tokens >= 3).all()
     rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["rows"]
     assert rows[0]["sampler"] == "lsd_joint" and rows[0]["nfe"] == 4
 
@@ -145,4 +146,66 @@ def test_lsd_joint_trains_exports_and_samples_on_a_transformers_teacher(models, 
 def test_reference_sampler_never_draws_special_tokens(models):
     model = HFMaskedLM(str(models["bert"]))
     out = AncestralSampler().sample(model, 4, batch_size=8, seq_len=12, generator=torch.Generator().manual_seed(0))
-    assert (out.tokens >= 5).all()
+    assert not torch.isin(out.tokens, torch.tensor([0, 1, 2, 4])).any()
+
+
+def qa_file(path: Path, rows: int = 40) -> Path:
+    """Questions of words whose answer is the last word repeated (checkable, exact)."""
+    import random
+
+    from tests.hf_fixtures import WORDS
+
+    rng = random.Random(0)
+    lines = []
+    for _ in range(rows):
+        q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))
+        lines.append(json.dumps({"q": q, "a": q.split()[-1] + " " + q.split()[-1]}))
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_last_number_checker():
+    from distill.prompt_data import last_number
+
+    assert last_number("so 3 + 4 = 7\n#### 1,234") == "1234" and last_number("no digits") is None
+    assert last_number("it costs 12.") == "12"
+
+
+def test_prompt_rows_layout_split_and_accuracy(models, tmp_path):
+    from distill.prompt_data import PromptsDataModule
+
+    data = PromptsDataModule(str(qa_file(tmp_path / "qa.jsonl")), str(models["bert"]), question_field="q",
+                             answer_field="a", prompt_len=8, answer_len=4, checker="exact", val_fraction=0.25)
+    assert data.tokens.shape == (40, 12) and set(data.train_index.tolist()).isdisjoint(data.val_index.tolist())
+    assert (data.tokens[:, 8:][data.tokens[:, 8:] == 0]).numel() == 0  # answers end with [SEP], not padding
+    bench = data.benchmark()
+    canvases = bench.canvases(10, 4, torch.Generator())
+    truth = bench.true_samples(canvases, torch.Generator())
+    metric = bench.metrics()["accuracy"]
+    metric.update(truth)
+    assert metric.compute().item() == 1.0
+    wrong = truth.clone()
+    wrong[:5, 8] = 5 + (wrong[:5, 8] - 4) % 15  # another word first
+    metric.reset()
+    metric.update(wrong)
+    assert metric.compute().item() == 0.5
+
+
+def test_prompts_without_usable_rows_are_named(models, tmp_path):
+    from distill.prompt_data import PromptsDataModule
+
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "x"}))
+    with pytest.raises(ValueError, match="no usable rows.*data.question_field"):
+        PromptsDataModule(str(tmp_path / "bad.jsonl"), str(models["bert"]))
+
+
+def test_eval_a_masked_lm_on_prompts(models, tmp_path):
+    out = tmp_path / "eval"
+    proc = run("fewstep-eval", "teacher=hf_masked_lm", f"teacher.path={models['bert']}", "data=prompts_json",
+               f"data.file={qa_file(tmp_path / 'qa.jsonl')}", "data.question_field=q", "data.answer_field=a",
+               "data.prompt_len=8", "data.answer_len=4", "data.checker=exact", "sampler=blockwise", "sampler.block_size=4",
+               "eval.steps=[4,2]", "eval.num_samples=10", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads((out / "metrics.json").read_text())["rows"]
+    assert [r["steps"] for r in rows] == [4, 2, None] and rows[-1]["accuracy"] == 1.0
+    assert all(0 <= r["accuracy"] <= 1 and r["nfe"] == r["steps"] for r in rows[:2])

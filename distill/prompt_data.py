@@ -1,0 +1,174 @@
+"""Prompt/answer tasks for transformers teachers (GSM8K-style json): the prompt is given, the
+answer span is generated, and a checker scores the decoded answer against the reference.
+
+    data=prompts_json data.file=train.jsonl data.question_field=question data.answer_field=answer
+
+Rows are laid out as [prompt (left-padded with the pad token to prompt_len) | answer (filled up
+to answer_len with the end token: eos, else sep)]; answer_mask marks the answer span.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torchmetrics import Metric
+
+from distill.metrics import EntropyMetric, _zero
+from distill.text_data import load_tokenizer
+
+NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
+
+
+def last_number(text: str) -> str | None:
+    """The last number in `text`, commas dropped (GSM8K answers end '#### 42')."""
+    found = NUMBER.findall(text)
+    return found[-1].replace(",", "").rstrip(".") if found else None
+
+
+def exact(text: str) -> str:
+    return text.strip()
+
+
+CHECKERS = {"last_number": last_number, "exact": exact}
+
+
+def read_rows(path: str, question_field: str, answer_field: str) -> list[tuple[str, str]]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data.file {path} does not exist; give a json or jsonl file of {question_field}/"
+                                f"{answer_field} rows")
+    text = open(path).read().strip()
+    rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    usable = [(r[question_field], r[answer_field]) for r in rows
+              if isinstance(r, dict) and r.get(question_field) and r.get(answer_field)]
+    if not usable:
+        raise ValueError(f"{path} has no usable rows: none has both {question_field!r} and {answer_field!r}; set "
+                         "data.question_field / data.answer_field to its column names")
+    return usable
+
+
+class AnswerAccuracyMetric(Metric):
+    """Fraction of generated answers whose checked value equals the reference's."""
+
+    full_state_update = False
+
+    def __init__(self, references: dict[tuple, str], decode, prompt_len: int, checker: str) -> None:
+        super().__init__()
+        self.references, self.decode, self.prompt_len = references, decode, prompt_len
+        self.check = CHECKERS[checker]
+        self.add_state("correct", _zero(), dist_reduce_fx="sum")
+        self.add_state("total", _zero(), dist_reduce_fx="sum")
+
+    def update(self, tokens: Tensor) -> None:
+        answers = self.decode(tokens[:, self.prompt_len:])
+        for prompt, answer in zip(tokens[:, : self.prompt_len].tolist(), answers):
+            expected = self.check(self.references[tuple(prompt)])
+            self.correct += float(expected is not None and self.check(answer) == expected)
+            self.total += 1
+
+    def compute(self) -> Tensor:
+        return self.correct / self.total
+
+
+class PromptsDataModule(L.LightningDataModule):
+    """Args:
+        file: json (a list) or jsonl rows with a question and an answer field.
+        tokenizer: the teacher's tokenizer (default in config: ${teacher.path}).
+        prompt_len, answer_len: token budget of each part (longer prompts keep their end).
+        checker: "last_number" (GSM8K) or "exact".
+        val_fraction: rows held out for evaluation (never trained on).
+    """
+
+    def __init__(self, file: str, tokenizer: str, question_field: str = "question", answer_field: str = "answer",
+                 prompt_len: int = 64, answer_len: int = 64, checker: str = "last_number", batch_size: int = 8,
+                 val_fraction: float = 0.1, seed: int = 0) -> None:
+        super().__init__()
+        if checker not in CHECKERS:
+            raise ValueError(f"data.checker must be one of {sorted(CHECKERS)}, got {checker!r}")
+        self.rows = read_rows(file, question_field, answer_field)
+        self.file, self.tokenizer_path = os.path.abspath(file), tokenizer
+        self.tokenizer = load_tokenizer(tokenizer)
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(f"the tokenizer at {tokenizer} has no pad token, needed to pad prompts and answers")
+        self.question_field, self.answer_field, self.checker = question_field, answer_field, checker
+        self.prompt_len, self.answer_len, self.batch_size, self.seed = prompt_len, answer_len, batch_size, seed
+        self.tokens = torch.stack([self._layout(q, a) for q, a in self.rows])
+        n_val = max(1, int(len(self.rows) * val_fraction))
+        order = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(seed))
+        self.val_index, self.train_index = order[:n_val], order[n_val:]
+        if len(self.train_index) == 0:
+            raise ValueError(f"{file} has {len(self.rows)} usable row(s): none left for training after holding out "
+                             "validation rows; add rows or lower data.val_fraction")
+        self.answer_mask = (torch.arange(prompt_len + answer_len) >= prompt_len)[None]
+
+    def _layout(self, question: str, answer: str) -> Tensor:
+        pad = self.tokenizer.pad_token_id
+        end = next((i for i in (self.tokenizer.eos_token_id, self.tokenizer.sep_token_id) if i is not None), pad)
+        q = self.tokenizer(question, add_special_tokens=False)["input_ids"][-self.prompt_len:]
+        a = self.tokenizer(answer, add_special_tokens=False)["input_ids"][: self.answer_len]
+        # answers end with end tokens (as LLaDA/Dream pad theirs with EOS), which samplers may draw
+        return torch.tensor([pad] * (self.prompt_len - len(q)) + q + a + [end] * (self.answer_len - len(a)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokenizer)
+
+    @property
+    def seq_len(self) -> int:
+        return self.prompt_len + self.answer_len
+
+    def spec(self) -> dict:
+        return {"kind": "prompts", "file": self.file, "tokenizer": self.tokenizer_path, "prompt_len": self.prompt_len,
+                "answer_len": self.answer_len, "question_field": self.question_field, "answer_field": self.answer_field}
+
+    def _loader(self, index: Tensor, shuffle: bool) -> DataLoader:
+        tokens = self.tokens[index]
+        mask = self.answer_mask.expand_as(tokens)
+        return DataLoader([{"tokens": t, "answer_mask": m} for t, m in zip(tokens, mask)], batch_size=self.batch_size,
+                          shuffle=shuffle, generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_index, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_index, shuffle=False)
+
+    def benchmark(self, **_) -> "PromptBenchmark":
+        held_out = self.tokens[self.val_index]
+        references = {tuple(t[: self.prompt_len].tolist()): self.rows[i][1] for t, i in zip(held_out, self.val_index.tolist())}
+        return PromptBenchmark(self.tokenizer, held_out, references, self.prompt_len, self.checker)
+
+
+class PromptBenchmark:
+    """Held-out prompts, answers scored by the checker; entropy of the answers beside accuracy."""
+
+    def __init__(self, tokenizer, held_out: Tensor, references: dict, prompt_len: int, checker: str) -> None:
+        self.tokenizer, self.held_out, self.references = tokenizer, held_out, references
+        self.prompt_len, self.checker, self.seq_len = prompt_len, checker, held_out.shape[1]
+
+    def canvases(self, num: int, mask_id: int, generator: torch.Generator) -> Tensor:
+        rows = self.held_out[torch.arange(num) % len(self.held_out)].clone()
+        rows[:, self.prompt_len:] = mask_id
+        return rows
+
+    def true_samples(self, canvases: Tensor, generator: torch.Generator) -> Tensor:
+        lookup = {tuple(t[: self.prompt_len].tolist()): t for t in self.held_out}
+        return torch.stack([lookup[tuple(c[: self.prompt_len].tolist())] for c in canvases])
+
+    def decode(self, tokens: Tensor) -> list[str]:
+        return self.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
+
+    def metrics(self) -> dict[str, Metric]:
+        return {"accuracy": AnswerAccuracyMetric(self.references, self.decode, self.prompt_len, self.checker),
+                "entropy": EntropyMetric(len(self.tokenizer))}
+
+    def summary(self) -> dict[str, float]:
+        return {}
+
+    def files(self) -> dict[str, dict[str, Tensor]]:
+        return {}

@@ -44,6 +44,10 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
     from hydra.core.hydra_config import HydraConfig
 
     HydraConfig.instance().set_config(cfg)
+    if cfg.trainer.accelerator == "gpu":  # GPU experiments on hub models: compose here, build on a GPU machine
+        assert cfg.trainer.precision == "bf16-mixed" and cfg.teacher.dtype == "bfloat16" and cfg.teacher.path
+        assert cfg.student._target_.startswith("students.") and cfg.objective._target_.startswith("distill.")
+        return
     datamodule = instantiate(cfg.data)
     runtime = {"vocab_size": datamodule.vocab_size, "seq_len": datamodule.seq_len, "data_spec": datamodule.spec()}
     if cfg.get("teacher"):
@@ -63,7 +67,17 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (Path(CONF_DIR) / "data").glob("*.yaml")))
 def test_every_data_option_instantiates(option, tmp_path):
-    cfg = compose_cfg("eval", [f"data={option}"], tmp_path)
+    overrides = []
+    if option in ("text_files", "prompts_json"):  # transformers data: a tiny model's tokenizer and files
+        from tests.hf_fixtures import corpus, tiny_bert
+        from tests.test_hf import qa_file
+
+        overrides = ["teacher=hf_masked_lm", f"teacher.path={tiny_bert(tmp_path / 'bert')}"]
+        if option == "text_files":
+            overrides += [f"data.files=[{corpus(tmp_path / 'a.txt')}]", "data.seq_len=16"]
+        else:
+            overrides += [f"data.file={qa_file(tmp_path / 'qa.jsonl')}", "data.question_field=q", "data.answer_field=a"]
+    cfg = compose_cfg("eval", [f"data={option}", *overrides], tmp_path)
     datamodule = instantiate(cfg.data)
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["tokens"].shape == (cfg.data.batch_size, datamodule.seq_len)

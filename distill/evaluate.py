@@ -54,7 +54,7 @@ def evaluate_sampler(
     group = benchmark_group(benchmark)
     batch_size = max(group, batch_size - batch_size % group)
     forwards = ForwardPassMetric()
-    outputs, wall = [], 0.0
+    outputs, wall, head_passes = [], 0.0, None
     for chunk in tqdm(canvases.split(batch_size), desc=f"{sampler_name} steps={steps}", leave=False):
         start = time.perf_counter()
         out = sampler.sample(denoiser, steps, prompt=chunk, generator=generator)
@@ -63,7 +63,11 @@ def evaluate_sampler(
         wall += time.perf_counter() - start
         forwards.update(out.nfe, int((chunk == denoiser.mask_id).sum()), chunk.shape[0])
         outputs.append(out.tokens.cpu())
+        if out.head_passes is not None:  # summed over sequences, like nfe
+            head_passes = (head_passes or 0) + out.head_passes * chunk.shape[0]
     row = {"sampler": sampler_name, "steps": steps, **{k: _value(v) for k, v in forwards.compute().items()}}
+    if head_passes is not None:
+        row["head_passes"] = head_passes / canvases.shape[0]
     row.update(_score(benchmark, outputs))
     row["wall_s"] = round(wall, 4)
     return row, torch.cat(outputs)

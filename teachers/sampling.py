@@ -19,11 +19,13 @@ from torch import Tensor, nn
 @dataclass
 class SampleOutput:
     """tokens: (B, L) with no mask left; nfe: denoiser forward passes used;
-    trace: (B, L) states after each step when asked for (return_trace=True), else None."""
+    trace: (B, L) states after each step when asked for (return_trace=True), else None;
+    head_passes: passes of a light head on top of the denoiser (students.JointHeadSampler), not in nfe."""
 
     tokens: Tensor
     nfe: int
     trace: list[Tensor] | None = None
+    head_passes: int | None = None
 
 
 def make_canvas(mask_id: int, batch_size: int | None, seq_len: int | None, prompt: Tensor | None) -> Tensor:

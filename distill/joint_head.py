@@ -1,0 +1,87 @@
+"""Distilling a JointHeadSampler's head from the frozen teacher (ADJUST).
+
+States are drawn like the teacher's own trajectories: the exact sampler (the teacher revealing one
+token per forward, with the student's reveal rule) runs from the batch's start canvas to the end,
+x_0, x_1, ..., x_{T-1}. The trajectory is cut into chunks of K consecutive states starting at
+0, K, 2K, ... (where the sampler makes its full forwards), and in every chunk the head is unrolled
+as it is when sampling: pass 1 starts from the teacher's hidden state on the chunk's first state,
+each later pass from the head's own previous output, and pass k + 1 sees the state with the
+chunk's first k tokens revealed (the tokens the exact sampler drew). Target of every pass: the frozen teacher on that same state, i.e. the exact sampler's next
+distribution. Loss: forward KL(target || head), per still-masked position, averaged over positions
+and passes. The teacher's targets and hidden states carry no gradient; only the head trains.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+import students
+from distill.lsd import start_canvas
+from distill.student_objective import StudentObjective
+from students.joint_head import reveal_one
+
+
+def forward_kl(target_logits: Tensor, logits: Tensor) -> Tensor:
+    """KL(softmax(target) || softmax(logits)) per position (B, L), in float32."""
+    log_p = F.log_softmax(target_logits.float(), dim=-1)
+    log_q = F.log_softmax(logits.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+@torch.no_grad()
+def teacher_trajectory(teacher: nn.Module, canvas: Tensor, rule, generator: torch.Generator | None) -> dict[str, list[Tensor]]:
+    """The exact sampler's states x_0..x_{T-1} (B, L), with the teacher's hidden states (B, L, H) and logits (B, L, V) on each."""
+    mask_id = teacher.mask_id
+    x = canvas
+    states, hidden, logits = [], [], []
+    for _ in range(int((canvas == mask_id).sum(-1).max())):
+        h = teacher.hidden_states(x)
+        states.append(x)
+        hidden.append(h)
+        logits.append(teacher.lm_head(h))
+        x = reveal_one(rule, logits[-1], x, mask_id, (x == mask_id).any(-1), generator)
+    return {"states": states, "hidden": hidden, "logits": logits}
+
+
+class JointHeadObjective(StudentObjective):
+    """The student (a JointHeadSampler) is given or built from its config; its head is sized from the teacher here,
+    before the hyperparameters are recorded, so checkpoints and exports rebuild it."""
+
+    objective_name = "joint_head"
+
+    def __init__(self, student: nn.Module | dict, teacher: nn.Module, *args, seq_len: int, **kwargs) -> None:
+        if not isinstance(student, nn.Module):
+            student = students.build(OmegaConf.to_container(student, resolve=True) if OmegaConf.is_config(student)
+                                     else dict(student))
+        if not hasattr(student, "resolve"):
+            raise ValueError(f"objective=joint_head trains a JointHeadSampler, got {type(student).__name__}; "
+                             "use student=joint_head")
+        student.resolve(teacher, seq_len)
+        super().__init__(student, teacher, *args, seq_len=seq_len, **kwargs)
+
+    def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+        mask_id = self.teacher.mask_id
+        K = self.student.tokens_per_forward
+        # 1. the exact sampler's trajectory, with the teacher's hidden states and targets on every state
+        path = teacher_trajectory(self.teacher, start_canvas(batch, mask_id), self.student.rule, generator)
+        T = len(path["states"])
+        starts = range(0, T, K)  # full forwards where the sampler makes them; chunks stacked along the batch
+        hidden = torch.cat([path["hidden"][s] for s in starts])  # (chunks * B, L, H)
+        # 2. pass m of every chunk at once; only the last chunk can be shorter than K
+        kl_sum, count = [], []
+        for m in range(min(K, T)):
+            at = [s + m for s in starts if s + m < T]
+            state = torch.cat([path["states"][s] for s in at])
+            target = torch.cat([path["logits"][s] for s in at])
+            hidden, logits = self.student.head_pass(self.teacher, state, hidden[: state.shape[0]])
+            masked = state == mask_id
+            kl_sum.append((forward_kl(target, logits) * masked).sum())
+            count.append(int(masked.sum()))
+        # 3. forward KL per still-masked position, over every pass
+        loss = torch.stack(kl_sum).sum() / max(sum(count), 1)
+        values = {"objective": loss.detach()}
+        values.update({f"kl_pass{m + 1}": (kl / max(n, 1)).detach() for m, (kl, n) in enumerate(zip(kl_sum, count)) if n})
+        return loss, values

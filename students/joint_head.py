@@ -1,0 +1,226 @@
+"""Joint-sampling head (ADJUST: "Enabling Approximate Joint Sampling in Diffusion LMs") and its sampler.
+
+Revealing K tokens from one denoiser forward draws them independently, which splices tokens that
+do not fit together. The head is a small trainable layer on top of the frozen denoiser that is
+applied K times per full forward, revealing one token per pass, so each token is drawn knowing the
+ones revealed before it in the same forward:
+
+    pass m:  h_m = h_{m-1} + out(norm(Block(in(concat(norm(embed(x_{m-1})), norm(h_{m-1}))))))
+             logits_m = lm_head(h_m);  reveal one masked position of x_{m-1} -> x_m
+
+h_0 is the denoiser's last hidden state of the full forward on x_0; weights are shared across
+passes. `out` is zero-initialised, so an untrained head returns the denoiser's own logits.
+Only the Denoiser contract is used (`hidden_states`, `embed`, `lm_head`), so the head works on
+the built-in transformer and on the oracle (hidden states = log-probabilities, embedding =
+one-hot, LM head = identity, H = vocabulary size).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from teachers.ancestral import AncestralSampler
+from teachers.confidence import SCORES, ConfidenceSampler
+from teachers.sampling import MaskedSampler, SampleOutput, draw_tokens, make_canvas, reveal_counts, top_k_mask
+from teachers.transformer import Block
+
+RULES = (*SCORES, "random")
+
+
+def denoiser_sizes(denoiser: nn.Module, seq_len: int) -> tuple[int, int]:
+    """(embed_size, hidden_size) of a denoiser, read off one all-mask canvas (works for any adapter)."""
+    canvas = torch.full((1, seq_len), denoiser.mask_id, dtype=torch.long, device=_device(denoiser))
+    with torch.no_grad():
+        return int(denoiser.embed(canvas).shape[-1]), int(denoiser.hidden_states(canvas).shape[-1])
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(iter(module.parameters()), torch.empty(0)).device
+
+
+def reveal_rule(reveal: str, temperature: float) -> MaskedSampler:
+    """The reference sampler whose `scores` rank masked positions (higher is revealed first)."""
+    if reveal not in RULES:
+        raise ValueError(f"student.reveal must be one of {RULES}, got {reveal!r}")
+    return AncestralSampler(temperature) if reveal == "random" else ConfidenceSampler(temperature, score=reveal)
+
+
+def reveal_one(rule: MaskedSampler, logits: Tensor, tokens: Tensor, mask_id: int, active: Tensor,
+               generator: torch.Generator | None) -> Tensor:
+    """Reveal the top-ranked masked position of every active row (B,) with a token drawn from `logits`.
+
+    Same draws and ranking as `rule.step` at one token per step, so with the teacher's logits this
+    is the exact one-token-per-forward sampler, token for token.
+    """
+    masked = tokens == mask_id
+    draws = draw_tokens(logits, rule.temperature, generator)
+    scores = rule.scores(logits, draws, masked, masked, generator)
+    reveal = top_k_mask(scores, masked, active.long())
+    return torch.where(reveal, draws, tokens)
+
+
+class JointHead(nn.Module):
+    """One head pass: embeddings of the current tokens (B, L, E) and previous hidden (B, L, H) -> new hidden (B, L, H).
+
+    Args:
+        width: W, the width of the new layer: in is Linear(E + H -> W), out Linear(W -> H). The
+            paper's head has W = H; a wider layer helps where H is small (the oracle: H = V).
+        n_layer: new transformer layers (the paper: 1). Attention values are linear in the inputs,
+            so one layer cannot tell a neighbour revealed in the previous pass (its hidden state is
+            still a spread distribution) from one revealed before; a second layer can.
+        max_distance: attention gets a learned bias per head and relative offset, clipped at this
+            distance; the head needs positions to know which tokens are neighbours.
+        zero_init: zero the output projection, so the head starts as the identity on hidden states.
+    """
+
+    def __init__(self, embed_size: int, hidden_size: int, width: int | None = None, n_layer: int = 1, n_head: int = 4,
+                 mlp_ratio: int = 4, max_distance: int = 8, zero_init: bool = True) -> None:
+        super().__init__()
+        width = width or hidden_size
+        if width % n_head:
+            raise ValueError(f"the head's width {width} (null: the teacher's hidden size) must be divisible by "
+                             f"student.n_head={n_head}; pick a divisor or set student.width")
+        self.max_distance = max_distance
+        self.norm_embed = nn.LayerNorm(embed_size)
+        self.norm_hidden = nn.LayerNorm(hidden_size)
+        self.proj_in = nn.Linear(embed_size + hidden_size, width)
+        self.rel_bias = nn.Parameter(torch.zeros(n_head, 2 * max_distance + 1))  # shared by the layers
+        self.blocks = nn.ModuleList(Block(width, n_head, mlp_ratio, dropout=0.0) for _ in range(n_layer))
+        self.norm_out = nn.LayerNorm(width)
+        self.proj_out = nn.Linear(width, hidden_size)
+        if zero_init:
+            nn.init.zeros_(self.proj_out.weight)
+            nn.init.zeros_(self.proj_out.bias)
+
+    def attention_bias(self, length: int) -> Tensor:
+        idx = torch.arange(length, device=self.rel_bias.device)
+        offsets = (idx[None, :] - idx[:, None]).clamp(-self.max_distance, self.max_distance) + self.max_distance
+        return self.rel_bias[:, offsets].unsqueeze(0)  # (1, nh, L, L)
+
+    def forward(self, embedded: Tensor, hidden: Tensor) -> Tensor:
+        x = self.proj_in(torch.cat([self.norm_embed(embedded), self.norm_hidden(hidden)], dim=-1))  # (B, L, W)
+        bias = self.attention_bias(x.shape[1])
+        for block in self.blocks:
+            x = block(x, bias)
+        return hidden + self.proj_out(self.norm_out(x))  # residual add onto the previous hidden state
+
+
+class JointHeadSampler(nn.Module):
+    """One full denoiser forward, then up to K head passes, each revealing one token.
+
+    `steps` counts full forwards (NFE); head passes are reported separately (`head_passes`).
+
+    Args:
+        tokens_per_forward: K, head passes (tokens revealed) per full forward; the default step
+            count is ceil(masked / K).
+        hidden_size, embed_size: the denoiser's sizes; null until `resolve(denoiser, seq_len)` reads
+            them off the denoiser (the objective does this before training; exports record them).
+        width, n_layer: the head layers' width (null: hidden_size) and number (1), as in the paper by
+            default; see `JointHead`.
+        reveal: which masked position each pass reveals: "neg_entropy" (lowest entropy, default),
+            "max_prob", "margin", "sampled", or "random".
+        temperature: tokens are drawn from softmax(logits / temperature).
+    """
+
+    name = "joint_head"
+
+    def __init__(self, tokens_per_forward: int = 4, hidden_size: int | None = None, embed_size: int | None = None,
+                 width: int | None = None, n_layer: int = 1, n_head: int = 4, mlp_ratio: int = 4, max_distance: int = 8,
+                 reveal: str = "neg_entropy", temperature: float = 1.0, zero_init: bool = True) -> None:
+        super().__init__()
+        if int(tokens_per_forward) < 1:
+            raise ValueError(f"student.tokens_per_forward must be >= 1, got {tokens_per_forward}")
+        self.tokens_per_forward = int(tokens_per_forward)
+        self.width, self.n_layer, self.n_head, self.mlp_ratio = width, n_layer, n_head, mlp_ratio
+        self.max_distance, self.zero_init = max_distance, zero_init
+        self.reveal = reveal
+        self.temperature = temperature
+        self.rule = reveal_rule(reveal, temperature)
+        self.hidden_size = self.embed_size = None
+        self.head: JointHead | None = None
+        if hidden_size is not None:
+            self.build(embed_size or hidden_size, hidden_size)
+
+    def build(self, embed_size: int, hidden_size: int) -> None:
+        self.embed_size, self.hidden_size = int(embed_size), int(hidden_size)
+        self.head = JointHead(self.embed_size, self.hidden_size, self.width, self.n_layer, self.n_head, self.mlp_ratio,
+                              self.max_distance, self.zero_init)
+
+    def resolve(self, denoiser: nn.Module, seq_len: int) -> JointHeadSampler:
+        """Build the head for `denoiser`'s sizes (or check that the built one fits it)."""
+        embed_size, hidden_size = denoiser_sizes(denoiser, seq_len)
+        if self.head is None:
+            self.build(embed_size, hidden_size)
+        elif (self.embed_size, self.hidden_size) != (embed_size, hidden_size):
+            raise ValueError(f"this head was built for embed/hidden sizes {(self.embed_size, self.hidden_size)}, "
+                             f"but the teacher has {(embed_size, hidden_size)}; use the teacher it was distilled from")
+        return self
+
+    @property
+    def config(self) -> dict:
+        return {"tokens_per_forward": self.tokens_per_forward, "hidden_size": self.hidden_size,
+                "embed_size": self.embed_size, "width": self.width, "n_layer": self.n_layer, "n_head": self.n_head, "mlp_ratio": self.mlp_ratio,
+                "max_distance": self.max_distance, "reveal": self.reveal, "temperature": self.temperature,
+                "zero_init": self.zero_init}
+
+    def default_steps(self, generated: int) -> list[int]:
+        return [math.ceil(generated / self.tokens_per_forward)]
+
+    def check_steps(self, steps: int) -> None:
+        """Any number of full forwards works (passes per forward = masked / steps, spread evenly)."""
+        if steps < 1:
+            raise ValueError(f"steps (full forwards) must be >= 1, got {steps}")
+
+    def head_pass(self, denoiser: nn.Module, tokens: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """One head pass on the current tokens: (new hidden (B, L, H), logits (B, L, V))."""
+        if self.head is None:
+            raise ValueError("the head has no parameters yet: call resolve(teacher, seq_len) or load a trained export")
+        hidden = self.head(denoiser.embed(tokens), hidden)
+        return hidden, denoiser.lm_head(hidden)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        denoiser: nn.Module,
+        steps: int | None = None,
+        *,
+        batch_size: int | None = None,
+        seq_len: int | None = None,
+        prompt: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        return_trace: bool = False,
+    ) -> SampleOutput:
+        """Generate every masked position in `steps` full forwards (default ceil(masked / K)), one token per head pass.
+
+        trace: the state after every head pass (one more revealed token each).
+        """
+        tokens = make_canvas(denoiser.mask_id, batch_size, seq_len, prompt)
+        num_masked = (tokens == denoiser.mask_id).sum(-1)
+        most = int(num_masked.max())
+        steps = steps if steps is not None else self.default_steps(most)[0]
+        if not 1 <= steps <= max(most, 1):
+            raise ValueError(f"steps must be between 1 and the number of masked positions ({most}), got {steps}")
+        trace = [] if return_trace else None
+        head_passes = 0
+        for i in range(steps):
+            counts = reveal_counts(num_masked, i, steps)  # (B,) tokens this forward reveals per row
+            hidden = denoiser.hidden_states(tokens)  # the full forward
+            for m in range(int(counts.max())):
+                hidden, logits = self.head_pass(denoiser, tokens, hidden)
+                head_passes += 1
+                tokens = reveal_one(self.rule, logits, tokens, denoiser.mask_id, m < counts, generator)
+                if trace is not None:
+                    trace.append(tokens.clone())
+        return SampleOutput(tokens=tokens, nfe=steps, trace=trace, head_passes=head_passes)
+
+    def describe(self, generated: int) -> str:
+        """Markdown: K, full forwards and head passes for `generated` tokens, head size."""
+        params = sum(p.numel() for p in self.parameters())
+        return "\n".join([
+            "| tokens per forward | full forwards | head passes | head parameters | reveal |",
+            "|---|---|---|---|---|",
+            f"| {self.tokens_per_forward} | {self.default_steps(generated)[0]} | {generated} | {params} | {self.reveal} |",
+        ])

@@ -6,6 +6,7 @@
 set -euo pipefail
 N=${N:-2000}
 JOINT_STEPS=${JOINT_STEPS:-"8 4 16"}
+BASELINES=${BASELINES:-"lsd lsd_plus"}  # the transition-divergence rows, at 8 steps
 TEACHERS=${TEACHERS:-"oracle_markov oracle_hmm teacher_markov teacher_hmm"}
 mkdir -p runs/lsd
 for t in $TEACHERS; do
@@ -15,7 +16,7 @@ for t in $TEACHERS; do
     hydra.run.dir=runs/lsd/$t/avoid_neighbours
   runs=""
   for M in $JOINT_STEPS; do runs="$runs lsd_joint:$M"; done
-  runs="$runs lsd:8 lsd_plus:8"
+  for method in $BASELINES; do runs="$runs $method:8"; done
   for run in $runs; do
     method=${run%:*}; M=${run#*:}
     rm -rf runs/lsd/$t/export_${method}_$M

@@ -11,12 +11,13 @@ import os
 
 from torch import nn
 
+from students.entropy_threshold import EntropyThresholdSampler
 from students.export import check_teacher, load_student, save_student
 from students.learned_sampler import LearnedSampler
 from students.reveal_rule import FEATURES
 from students.rule_sampler import RuleSampler
 
-REGISTRY = {"LearnedSampler": LearnedSampler}
+REGISTRY = {"LearnedSampler": LearnedSampler, "EntropyThresholdSampler": EntropyThresholdSampler}
 
 
 def build(config: dict) -> nn.Module:
@@ -33,4 +34,4 @@ def load(path: str | os.PathLike) -> nn.Module:
     return load_student(path, REGISTRY)
 
 
-__all__ = ["FEATURES", "LearnedSampler", "REGISTRY", "RuleSampler", "build", "check_teacher", "load", "load_student", "save_student"]
+__all__ = ["EntropyThresholdSampler", "FEATURES", "LearnedSampler", "REGISTRY", "RuleSampler", "build", "check_teacher", "load", "load_student", "save_student"]

@@ -49,17 +49,19 @@ class SequenceBenchmark:
 
 
 class PathsBenchmark:
-    """Answers to (start, goal) prompts, each prompt drawn `repeats` times for answer diversity."""
+    """Answers to (start, goal) prompts, each prompt drawn `repeats` times for answer diversity;
+    prompts come only from `pairs` (K, 2) when given (a held-out split)."""
 
-    def __init__(self, task: PathsTask, repeats: int, prompt_seed: int) -> None:
+    def __init__(self, task: PathsTask, repeats: int, prompt_seed: int, pairs: Tensor | None = None) -> None:
         self.task = task
         self.repeats = repeats
         self.prompt_seed = prompt_seed
+        self.pairs = pairs
         self.seq_len = task.seq_len
 
     def canvases(self, num: int, mask_id: int, generator: torch.Generator) -> Tensor:
         num_prompts = max(1, num // self.repeats)
-        prompts = self.task.sample_prompts(num_prompts, torch.Generator().manual_seed(self.prompt_seed))
+        prompts = self.task.sample_prompts(num_prompts, torch.Generator().manual_seed(self.prompt_seed), self.pairs)
         prompts = prompts.repeat_interleave(self.repeats, dim=0)
         answers = torch.full((prompts.shape[0], self.task.config.answer_len), mask_id, dtype=torch.long)
         return torch.cat([prompts, answers], dim=1)

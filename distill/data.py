@@ -95,7 +95,13 @@ class SourceDataModule(L.LightningDataModule):
 
 class PathsDataModule(L.LightningDataModule):
     """(start, goal) -> walk of `answer_len` nodes on a sparse graph. `graph_seed` fixes the graph;
-    `seed` only changes which prompts and answers are drawn."""
+    `seed` only changes which prompts and answers are drawn.
+
+    The reachable (start, goal) pairs are split once (by `split_seed`, never by `seed`) into train,
+    val and test ("held-out") pairs. The benchmark draws its prompts from the test pairs only, so a
+    student trained on prompts of the train split (e.g. self-generated data) is scored on prompts it
+    never saw; the teacher's own training stream still covers every pair.
+    """
 
     def __init__(
         self,
@@ -106,10 +112,15 @@ class PathsDataModule(L.LightningDataModule):
         seed: int = 0,
         batch_size: int = 256,
         val_size: int = 1024,
+        heldout_fraction: float = 0.2,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
     ) -> None:
         super().__init__()
         self.config = PathsConfig(nodes, successors, answer_len, graph_seed)
         self.task = PathsTask(self.config)
+        self.split = {"heldout_fraction": heldout_fraction, "val_fraction": val_fraction, "split_seed": split_seed}
+        self.pairs = self.task.prompt_splits(heldout_fraction, val_fraction, split_seed)
         self.seed = seed
         self.batch_size = batch_size
         self.val_size = val_size
@@ -126,6 +137,10 @@ class PathsDataModule(L.LightningDataModule):
     def spec(self) -> dict:
         return {"kind": "paths", **asdict(self.config)}
 
+    def split_spec(self) -> dict:
+        """Which (start, goal) pairs are train, val and test: recorded by students trained on a split."""
+        return dict(self.split)
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(FreshSamples(self.task.sample, self.answer_mask, self.batch_size, self.seed + 1), batch_size=None)
 
@@ -133,5 +148,6 @@ class PathsDataModule(L.LightningDataModule):
         tokens = self.task.sample(self.val_size, torch.Generator().manual_seed(self.seed + 2))
         return DataLoader(_fixed_batches(tokens, self.answer_mask, self.batch_size), batch_size=None)
 
-    def benchmark(self, repeats: int = 8, **_) -> PathsBenchmark:
-        return PathsBenchmark(self.task, repeats, prompt_seed=self.seed + 3)
+    def benchmark(self, repeats: int = 8, split: str = "test", **_) -> PathsBenchmark:
+        """Prompts from the `split` pairs ("test" by default: held out from every training split)."""
+        return PathsBenchmark(self.task, repeats, prompt_seed=self.seed + 3, pairs=self.pairs[split])

@@ -83,6 +83,10 @@ def main(cfg: DictConfig) -> None:
     name = HydraConfig.get().runtime.choices.get("sampler", "sampler")
     if hasattr(sampler, "teacher_ref"):  # a loaded student: is this the teacher it was distilled from?
         students.check_teacher(sampler.teacher_ref, denoiser, datamodule.spec())
+        split = getattr(sampler, "prompt_split", None)  # prompts a student trained on must stay out of the test
+        if split and hasattr(datamodule, "split_spec") and datamodule.split_spec() != split:
+            fixes = " ".join(f"data.{k}={v}" for k, v in split.items())
+            raise ValueError(f"this student was trained on another prompt split ({split}); add: {fixes}")
         sampler = sampler.to(cfg.device)
         name = getattr(sampler, "method", name)
     denoiser = denoiser.to(cfg.device)  # a no-op for the oracle, which has no tensors

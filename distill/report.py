@@ -4,8 +4,7 @@ from __future__ import annotations
 
 COLUMNS = [
     "sampler", "steps", "nfe", "head_passes", "tokens_per_forward", "gen_nll", "gen_ppl", "pair_kl_d1", "pair_kl_d2",
-    "pair_kl_d4",
-    "pair_kl_d8", "entropy", "low_prob_rate", "accuracy", "distinct_answers", "wall_s",
+    "pair_kl_d4", "pair_kl_d8", "entropy", "low_prob_rate", "accuracy", "distinct_answers", "wall_s",
 ]
 
 

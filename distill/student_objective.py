@@ -109,8 +109,16 @@ class StudentObjective(L.LightningModule):
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def exported_student(self) -> nn.Module:
+        """What `export` saves (a subclass may save a merged or reduced copy)."""
+        return self.student
+
+    def export_extra(self) -> dict:
+        """Objective-specific entries for sampler.json."""
+        return {}
+
     def export(self, path: str, config_yaml: str | None = None, card: str | None = None) -> None:
         """The student alone (safetensors + sampler.json), with its teacher by reference."""
-        students.save_student(self.student, path, teacher=self.teacher_ref, config_yaml=config_yaml, card=card,
+        students.save_student(self.exported_student(), path, teacher=self.teacher_ref, config_yaml=config_yaml, card=card,
                               extra={"method": self.method, "objective": self.objective_name, "data": self.data_spec,
-                                     "trained_steps": int(self.global_step)})
+                                     "trained_steps": int(self.global_step), **self.export_extra()})

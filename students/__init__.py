@@ -11,13 +11,15 @@ import os
 
 from torch import nn
 
+from students.entropy_threshold import EntropyThresholdSampler
 from students.export import check_teacher, load_student, save_student
 from students.joint_head import JointHead, JointHeadSampler
 from students.learned_sampler import LearnedSampler
 from students.reveal_rule import FEATURES
 from students.rule_sampler import RuleSampler
 
-REGISTRY = {"LearnedSampler": LearnedSampler, "JointHeadSampler": JointHeadSampler}
+REGISTRY = {"LearnedSampler": LearnedSampler, "JointHeadSampler": JointHeadSampler,
+            "EntropyThresholdSampler": EntropyThresholdSampler}
 
 
 def build(config: dict) -> nn.Module:
@@ -34,4 +36,5 @@ def load(path: str | os.PathLike) -> nn.Module:
     return load_student(path, REGISTRY)
 
 
-__all__ = ["FEATURES", "JointHead", "JointHeadSampler", "LearnedSampler", "REGISTRY", "RuleSampler", "build", "check_teacher", "load", "load_student", "save_student"]
+__all__ = ["EntropyThresholdSampler", "FEATURES", "JointHead", "JointHeadSampler", "LearnedSampler", "REGISTRY",
+           "RuleSampler", "build", "check_teacher", "load", "load_student", "save_student"]

@@ -1,6 +1,7 @@
 """Save and load a distilled student as a self-describing directory (no pickles).
 
-    DIR/model.safetensors   the student's trained tensors (never the teacher's)
+    DIR/model.safetensors   the student's trained tensors (never the teacher's; a certainty-forced
+                            student stores its fine-tuned denoiser, or its LoRA adapter alone)
     DIR/sampler.json        format, class and constructor config, the teacher it was distilled from
                             (kind, data, and for saved teachers path + SHA-256), SHA-256 of the weights
     DIR/config.yaml         the resolved training config (optional)
@@ -47,7 +48,8 @@ def save_student(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        weights = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+        state = student.export_state() if hasattr(student, "export_state") else student.state_dict()
+        weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(weights, tmp / "model.safetensors")
         meta = {
             "format": FORMAT,
@@ -110,8 +112,12 @@ def load_student(path: str | os.PathLike, registry: dict[str, Callable[..., nn.M
     except SafetensorError as err:
         raise ValueError(f"{weights_file} cannot be read as safetensors ({err}); export it again") from err
     student = cls(**meta["config"])
-    student.load_state_dict(state)
+    if hasattr(student, "load_export_state"):  # e.g. an adapter-only export: the base is the teacher
+        student.load_export_state(state)
+    else:
+        student.load_state_dict(state)
     student.teacher_ref = meta["teacher"]
+    student.prompt_split = meta.get("prompt_split")  # the prompts it was trained on, if it records them
     student.method = meta.get("method", meta["class"])
     student.export_path = str(path)
     return student.eval()

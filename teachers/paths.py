@@ -61,8 +61,29 @@ class PathsTask:
     def seq_len(self) -> int:
         return PROMPT_LEN + self.config.answer_len
 
-    def sample_prompts(self, num: int, generator: torch.Generator | None = None) -> Tensor:
-        """(num, 2) [start, goal]: start uniform, goal from the n-step endpoint distribution."""
+    def prompt_splits(self, heldout_fraction: float, val_fraction: float, seed: int) -> dict[str, Tensor]:
+        """Disjoint (start, goal) pairs (K, 2) for "train", "val" and "test" ("heldout"), a fixed random
+        partition (by `seed`) of the pairs a walk of n steps can join."""
+        if not (0 <= heldout_fraction and 0 <= val_fraction and heldout_fraction + val_fraction < 1):
+            raise ValueError(f"heldout_fraction={heldout_fraction} and val_fraction={val_fraction} must be >= 0 "
+                             "and sum to less than 1")
+        pairs = (self.powers[-1] > 0).nonzero()  # (K, 2), sorted
+        pairs = pairs[torch.randperm(len(pairs), generator=torch.Generator().manual_seed(seed))]
+        n_test, n_val = round(heldout_fraction * len(pairs)), round(val_fraction * len(pairs))
+        return {"test": pairs[:n_test], "val": pairs[n_test:n_test + n_val], "train": pairs[n_test + n_val:]}
+
+    def prompt_weights(self, pairs: Tensor) -> Tensor:
+        """(K,) probability of each (start, goal) pair under `sample_prompts` (start uniform)."""
+        return self.powers[-1][pairs[:, 0], pairs[:, 1]] / self.config.nodes
+
+    def sample_prompts(self, num: int, generator: torch.Generator | None = None, pairs: Tensor | None = None) -> Tensor:
+        """(num, 2) [start, goal]: start uniform, goal from the n-step endpoint distribution; with
+        `pairs` (K, 2), the same distribution restricted to those pairs."""
+        if pairs is not None:
+            if len(pairs) == 0:
+                raise ValueError("no (start, goal) pairs to draw prompts from; lower heldout_fraction/val_fraction")
+            index = torch.multinomial(self.prompt_weights(pairs), num, replacement=True, generator=generator)
+            return pairs[index].clone()
         start = torch.randint(self.config.nodes, (num,), generator=generator)
         goal = torch.multinomial(self.powers[-1][start], 1, generator=generator).squeeze(1)
         return torch.stack([start, goal], dim=1)

@@ -18,14 +18,17 @@ from torch import Tensor, nn
 
 @dataclass
 class SampleOutput:
-    """tokens: (B, L) with no mask left; nfe: denoiser forward passes used;
-    trace: (B, L) states after each step when asked for (return_trace=True), else None;
-    head_passes: passes of a light head on top of the denoiser (students.JointHeadSampler), not in nfe."""
+    """tokens: (B, L) with no mask left; nfe: denoiser forward passes per sequence (the mean over
+    rows for samplers whose rows stop at different steps); trace: (B, L) states after each step when
+    asked for (return_trace=True), else None; head_passes: passes of a light head on top of the
+    denoiser (students.JointHeadSampler), not in nfe; nfe_per_row: (B,) forward passes of each row,
+    given by samplers with adaptive step counts, else None."""
 
     tokens: Tensor
-    nfe: int
+    nfe: int | float
     trace: list[Tensor] | None = None
     head_passes: int | None = None
+    nfe_per_row: Tensor | None = None
 
 
 def make_canvas(mask_id: int, batch_size: int | None, seq_len: int | None, prompt: Tensor | None) -> Tensor:

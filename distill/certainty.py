@@ -1,0 +1,195 @@
+"""Certainty-forcing distillation (dParallel, Chen et al. 2025).
+
+The student starts as a copy of the teacher (LoRA adapters via PEFT, or all weights) and is trained
+on the teacher's own verified answers (distill/self_generated.py). Each answer's active block (one
+semi-autoregressive block, drawn at random; earlier blocks shown, later blocks masked) is masked at a
+random ratio r, and a second copy masks the complement, so each token of the block is supervised
+exactly once per pair. Loss on the masked tokens of the block:
+
+    cross-entropy toward the self-generated answer
+    + beta * entropy of softmax(logits / tau) on the masked tokens the student already predicts
+      correctly (argmax == answer): confidence is forced only where it is right.
+
+After training the decoding threshold is chosen on the validation pairs (never the test pairs): the
+largest candidate, so the fewest forward passes, whose accuracy stays within `tolerance` of the
+teacher's one-token-per-step argmax decoding on the same prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+import students
+from distill.masked_diffusion import masked_ce
+from distill.report import markdown_table
+from distill.self_generated import decode_prompts
+from distill.student_objective import StudentObjective
+from students.entropy_threshold import block_index, tempered_entropy
+from students.lora import count_trainable
+from teachers.blockwise import BlockwiseSampler
+
+
+def complementary_masks(answer_mask: Tensor, block_size: int, ratio_range: tuple[float, float],
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Masks (B, L) for one training pair per row: (first, second, later).
+
+    first: the active block's positions masked at a ratio r ~ U(ratio_range); second: the rest of
+    the active block (first + second cover the block exactly once); later: the blocks after the
+    active one, masked in both copies and not supervised. Earlier blocks stay visible.
+    """
+    B, L = answer_mask.shape
+    device = answer_mask.device
+    block = block_index(answer_mask, block_size)  # (B, L), -1 outside the answer
+    num_blocks = (block.amax(-1) + 1).clamp_min(1)  # (B,)
+    active = (torch.rand(B, generator=generator, device=device) * num_blocks).long()  # (B,)
+    in_block = block == active[:, None]
+    lo, hi = ratio_range
+    ratio = lo + (hi - lo) * torch.rand(B, 1, generator=generator, device=device)
+    first = in_block & (torch.rand(B, L, generator=generator, device=device) < ratio)
+    return first, in_block & ~first, block > active[:, None]
+
+
+def already_correct(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """(B, L) bool: masked positions whose argmax prediction already equals the target."""
+    return mask & (logits.argmax(-1) == target)
+
+
+@dataclass
+class CertaintyLoss:
+    """loss = ce + beta * entropy; ce: mean cross-entropy over masked tokens; entropy: mean entropy of
+    softmax(logits / tau) over the masked tokens already predicted correctly (0 if none);
+    correct: fraction of masked tokens already predicted correctly."""
+
+    loss: Tensor
+    ce: Tensor
+    entropy: Tensor
+    correct: Tensor
+
+
+def certainty_loss(logits: Tensor, target: Tensor, mask: Tensor, beta: float, tau: float) -> CertaintyLoss:
+    ce = masked_ce(logits, target, mask)
+    correct = already_correct(logits, target, mask)
+    entropy = (tempered_entropy(logits, tau) * correct).sum() / correct.sum().clamp_min(1)
+    frac = correct.sum() / mask.sum().clamp_min(1)
+    return CertaintyLoss(loss=ce + beta * entropy, ce=ce, entropy=entropy, correct=frac)
+
+
+@torch.no_grad()
+def score_pairs(sampler, denoiser: nn.Module, task, pairs: Tensor, steps: int | None = None,
+                generator: torch.Generator | None = None) -> tuple[float, float]:
+    """Exact prompt-weighted accuracy and mean NFE of `sampler` over every pair (each decoded once;
+    `steps` defaults to one per answer token, the bound of the threshold decoder)."""
+    n = task.config.answer_len
+    device = next(denoiser.parameters()).device
+    canvas = torch.cat([pairs, torch.full((len(pairs), n), denoiser.mask_id)], dim=1).to(device)
+    out = sampler.sample(denoiser, steps or n, prompt=canvas, generator=generator)
+    weights = task.prompt_weights(pairs).double()
+    weights = weights / weights.sum()
+    ok = task.check(out.tokens.cpu()).double()
+    nfe = out.nfe_per_row.cpu().double() if out.nfe_per_row is not None else torch.full_like(ok, float(out.nfe))
+    return float((weights * ok).sum()), float((weights * nfe).sum())
+
+
+class CertaintyObjective(StudentObjective):
+    """Args (besides StudentObjective's):
+        beta: weight of the certainty (entropy) term.
+        tau: temperature of the softmax whose entropy is minimised.
+        block_size: semi-autoregressive block of the training masks.
+        mask_ratio: [lo, hi] range of the first mask's ratio inside the active block.
+        export_adapter: export the LoRA adapter alone (base = the teacher) instead of merged weights.
+        thresholds: candidate decoding thresholds (nats) tried on the validation pairs after training.
+        tolerance: accuracy the chosen threshold may lose against the teacher on validation.
+    """
+
+    objective_name = "certainty"
+
+    def __init__(self, student: nn.Module | dict, teacher: nn.Module, beta: float = 2.0, tau: float = 0.5,
+                 block_size: int = 32, mask_ratio: tuple[float, float] = (0.0, 1.0), export_adapter: bool = False,
+                 thresholds: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5), tolerance: float = 0.005, **kwargs) -> None:
+        if not isinstance(student, nn.Module):
+            student = OmegaConf.to_container(student, resolve=True) if OmegaConf.is_config(student) else dict(student)
+            student = students.build(student)
+        student.init_denoiser(teacher)  # a copy of the teacher: LoRA adapters or all weights trainable
+        lo, hi = (float(v) for v in mask_ratio)
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(f"objective.mask_ratio must be [lo, hi] with 0 <= lo <= hi <= 1, got {list(mask_ratio)}")
+        if tau <= 0:
+            raise ValueError(f"objective.tau must be > 0, got {tau}")
+        if export_adapter and student.lora is None:
+            raise ValueError("objective.export_adapter needs a LoRA student; full-weight students export their weights")
+        thresholds = sorted(float(t) for t in thresholds)
+        super().__init__(student, teacher, beta=beta, tau=tau, block_size=block_size, mask_ratio=[lo, hi],
+                         export_adapter=export_adapter, thresholds=thresholds, tolerance=tolerance, **kwargs)
+        self.beta, self.tau, self.block_size = beta, tau, block_size
+        self.mask_ratio = (lo, hi)
+        self.export_adapter = export_adapter
+        self.thresholds = thresholds
+        self.tolerance = tolerance
+        self.trainable_parameters = count_trainable(self.student)
+        self.selection: dict | None = None
+
+    def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+        tokens, mask_id = batch["tokens"], self.teacher.mask_id
+        first, second, later = complementary_masks(batch["answer_mask"], self.block_size, self.mask_ratio, generator)
+        xt = torch.cat([torch.where(first | later, mask_id, tokens), torch.where(second | later, mask_id, tokens)])
+        logits = self.student.denoiser(xt)  # (2B, L, V)
+        out = certainty_loss(logits, tokens.repeat(2, 1), torch.cat([first, second]), self.beta, self.tau)
+        return out.loss, {"objective": out.loss.detach(), "ce": out.ce.detach(), "entropy": out.entropy.detach(),
+                          "correct": out.correct.detach()}
+
+    def on_validation_epoch_end(self) -> None:
+        """The student's exact accuracy and NFE on the validation pairs at its current threshold."""
+        if self.trainer.sanity_checking:
+            return
+        datamodule = self.trainer.datamodule
+        accuracy, nfe = score_pairs(self.student, self.teacher, datamodule.task, datamodule.pairs["val"])
+        self.log("val/accuracy", accuracy, prog_bar=True)
+        self.log("val/nfe", nfe, prog_bar=True)
+
+    def on_fit_end(self) -> None:
+        self.select_threshold()
+
+    def select_threshold(self) -> dict:
+        """Set the student's threshold to the cheapest candidate within `tolerance` of the teacher on validation."""
+        datamodule = self.trainer.datamodule
+        task, pairs = datamodule.task, datamodule.pairs["val"]
+        was_training = self.student.training
+        self.student.eval()
+        reference = BlockwiseSampler(temperature=0.0, order="left_to_right")
+        n = task.config.answer_len
+        tokens, ok = decode_prompts(self.teacher, task, pairs, reference)
+        weights = task.prompt_weights(pairs).double()
+        teacher_accuracy = float((weights * ok.double()).sum() / weights.sum())
+        rows = [{"sampler": "teacher (argmax, 1 token/step)", "threshold": None, "accuracy": teacher_accuracy, "nfe": n}]
+        for threshold in self.thresholds:
+            self.student.threshold = threshold
+            accuracy, nfe = score_pairs(self.student, self.teacher, task, pairs)
+            rows.append({"sampler": "student", "threshold": threshold, "accuracy": accuracy, "nfe": nfe})
+        candidates = [r for r in rows[1:] if r["accuracy"] >= teacher_accuracy - self.tolerance]
+        best = (min(candidates, key=lambda r: (r["nfe"], -r["accuracy"])) if candidates
+                else max(rows[1:], key=lambda r: (r["accuracy"], -r["nfe"])))
+        self.student.threshold = best["threshold"]
+        self.student.train(was_training)
+        self.selection = {"split": "val", "pairs": len(pairs), "tolerance": self.tolerance, "rows": rows,
+                          "chosen": best["threshold"], "within_tolerance": bool(candidates)}
+        print(f"threshold chosen on {len(pairs)} validation pairs: {best['threshold']:g} "
+              f"({'within' if candidates else 'NOT within'} {self.tolerance:g} of the teacher's accuracy)")
+        print(markdown_table(rows, ["sampler", "threshold", "accuracy", "nfe"]))
+        return self.selection
+
+    def exported_student(self) -> nn.Module:
+        return self.student.adapter() if self.export_adapter else self.student.merged()
+
+    def export_extra(self) -> dict:
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        return {
+            "prompt_split": datamodule.split_spec() if datamodule is not None and hasattr(datamodule, "split_spec") else None,
+            "self_generated_data": getattr(datamodule, "provenance", None),
+            "finetune": {"lora": self.student.lora, "trainable_parameters": self.trainable_parameters,
+                         "export": "adapter" if self.export_adapter else "merged"},
+            "threshold_selection": self.selection,
+        }

@@ -1,0 +1,184 @@
+"""Self-generated distillation data (dParallel): the frozen teacher's own deterministic answers to
+the prompts of a training split, kept only when the task's checker accepts them.
+
+dParallel teaches the student to reach the teacher's *original sampling trajectories* in fewer
+steps, so the data are the teacher's standard deterministic decoding (argmax tokens,
+semi-autoregressive, one token per step), not samples. On `paths` a deterministic decoder gives
+one answer per (start, goal) pair, so the data hold one answer per training pair (drawing prompts
+with repetition would only repeat rows); the held-out test pairs are never decoded.
+
+On disk (built once under a temporary name, then renamed; reused while the key matches):
+
+    cache_dir/<key>/train/, validation/   datasets.Dataset: start, goal, answer, prompt_weight
+    cache_dir/<key>/provenance.json       teacher path and SHA-256, sampler config, prompt split,
+                                          prompts decoded and answers kept / rejected per split
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset, DatasetDict, load_from_disk
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from distill.data import FreshSamples, PathsDataModule, _fixed_batches
+from teachers.blockwise import BlockwiseSampler
+from teachers.paths import PROMPT_LEN, PathsTask
+from teachers.saved import load_teacher
+
+FORMAT = "fewstep-self-generated/1"
+SPLITS = {"train": "train", "validation": "val"}  # dataset split -> prompt split it decodes
+
+
+@torch.no_grad()
+def decode_prompts(teacher: nn.Module, task: PathsTask, prompts: Tensor, sampler: BlockwiseSampler,
+                   batch_size: int = 512, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The teacher's answers (K, 2 + n) to `prompts` (K, 2), one token per step, and which are correct (K,)."""
+    n = task.config.answer_len
+    device = next(teacher.parameters()).device
+    outputs = []
+    for chunk in prompts.split(batch_size):
+        canvas = torch.cat([chunk, torch.full((len(chunk), n), teacher.mask_id)], dim=1).to(device)
+        outputs.append(sampler.sample(teacher, n, prompt=canvas, generator=generator).tokens.cpu())
+    tokens = torch.cat(outputs) if outputs else torch.empty(0, PROMPT_LEN + n, dtype=torch.long)
+    return tokens, task.check(tokens)
+
+
+def answers_dataset(tokens: Tensor, weights: Tensor) -> Dataset:
+    return Dataset.from_dict({
+        "start": tokens[:, 0].tolist(), "goal": tokens[:, 1].tolist(), "answer": tokens[:, PROMPT_LEN:].tolist(),
+        "prompt_weight": weights.tolist(),
+    })
+
+
+def generate(teacher: nn.Module, task: PathsTask, pairs: dict[str, Tensor], sampler: BlockwiseSampler,
+             draws_per_prompt: int = 1, seed: int = 0) -> tuple[DatasetDict, dict]:
+    """Decode the train and val pairs with the teacher; keep what `task.check` accepts.
+    Returns the data set and the per-split counts (prompts, kept, rejected)."""
+    generator = torch.Generator().manual_seed(seed)
+    data, counts = {}, {}
+    for name, split in SPLITS.items():
+        prompts = pairs[split].repeat_interleave(draws_per_prompt, dim=0)
+        tokens, ok = decode_prompts(teacher, task, prompts, sampler, generator=generator)
+        data[name] = answers_dataset(tokens[ok], task.prompt_weights(prompts[ok]))
+        counts[name] = {"prompts": len(prompts), "kept": int(ok.sum()), "rejected": int((~ok).sum())}
+    return DatasetDict(data), counts
+
+
+def cache_key(provenance: dict) -> str:
+    """What determines the data: teacher weights, sampler, task, split and draws (not the counts)."""
+    keyed = {k: provenance[k] for k in ("teacher_sha256", "sampler", "data", "prompt_split", "draws_per_prompt", "seed")}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_or_generate(teacher: nn.Module, datamodule: PathsDataModule, sampler: BlockwiseSampler, cache_dir: str | Path,
+                     draws_per_prompt: int = 1, seed: int = 0) -> tuple[DatasetDict, dict, Path]:
+    """The data set for this teacher, sampler and split: read from cache_dir, or generated and saved there."""
+    task = datamodule.task
+    provenance = {
+        "format": FORMAT,
+        "teacher_path": getattr(teacher, "path", None),
+        "teacher_sha256": getattr(teacher, "sha256", None),
+        "sampler": {"class": type(sampler).__name__, "temperature": sampler.temperature, "block_size": sampler.block_size,
+                    "order": sampler.order, "steps": task.config.answer_len},
+        "data": datamodule.spec(),
+        "prompt_split": datamodule.split_spec(),
+        "draws_per_prompt": draws_per_prompt,
+        "seed": seed if sampler.temperature > 0 else None,  # argmax decoding uses no randomness
+    }
+    if provenance["teacher_sha256"] is None:
+        raise ValueError("self-generated data need a saved teacher (its SHA-256 names the data); use teacher=saved")
+    path = Path(cache_dir) / cache_key(provenance)
+    if (path / "provenance.json").is_file():
+        return load_from_disk(str(path)), json.loads((path / "provenance.json").read_text()), path
+    start = time.perf_counter()
+    data, counts = generate(teacher, task, datamodule.pairs, sampler, draws_per_prompt, seed)
+    provenance.update(counts=counts, generation_s=round(time.perf_counter() - start, 3),
+                      created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                      note="test (held-out) pairs are never decoded; only answers task.check accepts are kept")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        data.save_to_disk(str(tmp))
+        (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2))
+        os.rename(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (path / "provenance.json").is_file():  # not a concurrent writer that got there first
+            raise
+    return load_from_disk(str(path)), provenance, path
+
+
+def to_tokens(split: Dataset) -> Tensor:
+    """(K, 2 + n) sequences [start, goal, answer] of a data-set split."""
+    if len(split) == 0:
+        return torch.empty(0, PROMPT_LEN, dtype=torch.long)
+    cols = split.with_format("torch")[:]  # dict of tensors
+    return torch.cat([cols["start"][:, None], cols["goal"][:, None], cols["answer"]], dim=1).long()
+
+
+class SelfGeneratedDataModule(PathsDataModule):
+    """`paths` with training batches drawn (with replacement) from the teacher's own verified answers
+    on the train pairs; validation batches are its answers on the val pairs; the benchmark still
+    draws prompts from the held-out test pairs.
+
+    Args (besides PathsDataModule's):
+        teacher_path: the saved teacher that generates the data (the distillation teacher).
+        cache_dir: where generated data sets are kept and reused.
+        temperature, order, block_size: the teacher's decoding (0 / left_to_right: its standard
+            deterministic one-token-per-step decoding).
+        draws_per_prompt: answers decoded per prompt (more than 1 only makes sense with temperature > 0).
+    """
+
+    def __init__(self, teacher_path: str, cache_dir: str = "runs/self_generated", temperature: float = 0.0,
+                 order: str = "left_to_right", block_size: int = 32, draws_per_prompt: int = 1, **paths) -> None:
+        super().__init__(**paths)
+        if teacher_path is None or teacher_path == "???":
+            raise ValueError("self-generated data need the teacher: teacher.path=DIR")
+        if draws_per_prompt < 1:
+            raise ValueError(f"draws_per_prompt must be >= 1, got {draws_per_prompt}")
+        self.teacher_path = teacher_path
+        self.cache_dir = cache_dir
+        self.sampler = BlockwiseSampler(temperature=temperature, block_size=block_size, order=order)
+        self.draws_per_prompt = draws_per_prompt
+        self.data: DatasetDict | None = None
+        self.provenance: dict | None = None
+
+    def load(self) -> DatasetDict:
+        if self.data is None:
+            teacher = load_teacher(self.teacher_path)
+            self.data, self.provenance, path = load_or_generate(teacher, self, self.sampler, self.cache_dir,
+                                                                self.draws_per_prompt, self.seed)
+            counts = self.provenance["counts"]
+            print(f"self-generated data {path}: " + ", ".join(
+                f"{k} {v['kept']} kept / {v['rejected']} rejected of {v['prompts']} prompts" for k, v in counts.items()))
+            if len(self.data["train"]) == 0:
+                raise ValueError(f"the teacher answered none of the {counts['train']['prompts']} training prompts "
+                                 "correctly; nothing to distill")
+        return self.data
+
+    def prepare_data(self) -> None:
+        self.load()
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+
+    def train_dataloader(self) -> DataLoader:
+        rows = to_tokens(self.load()["train"])
+
+        def draw(num: int, generator: torch.Generator) -> Tensor:
+            return rows[torch.randint(len(rows), (num,), generator=generator)]
+
+        return DataLoader(FreshSamples(draw, self.answer_mask, self.batch_size, self.seed + 1), batch_size=None)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_fixed_batches(to_tokens(self.load()["validation"]), self.answer_mask, self.batch_size),
+                          batch_size=None)

@@ -1,0 +1,228 @@
+"""Entropy-threshold parallel decoding (dParallel, Chen et al. 2025), optionally carrying its own
+certainty-forced denoiser: the student of certainty-forcing distillation.
+
+Semi-autoregressive: the masked span is cut into blocks of `block_size` positions, finished left to
+right. At each step the denoiser runs once on the rows not finished yet; inside each row's current
+block every masked position whose predictive entropy H(softmax(logits)) is below `threshold` is
+committed, and always at least the one with the lowest entropy, so every step makes progress and a
+row finishes in at most as many steps as it has masked positions. A confident model commits many
+tokens per forward pass; an unsure one falls back to one token per step.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from students.lora import adapter_state, add_lora, check_lora, load_adapter_state, merge_lora
+from teachers.sampling import SampleOutput, draw_tokens, make_canvas
+from teachers.transformer import TransformerDenoiser
+
+
+def tempered_entropy(logits: Tensor, tau: float = 1.0) -> Tensor:
+    """Entropy (nats) of softmax(logits / tau) over the last dimension, in float32: (...)."""
+    log_p = F.log_softmax(logits.float() / tau, dim=-1)
+    return -(log_p.exp() * log_p).sum(-1)
+
+
+def block_index(start_mask: Tensor, block_size: int) -> Tensor:
+    """(B, L) block of each position of the masked span (counted within the span; others get -1)."""
+    rank = start_mask.long().cumsum(-1) - 1
+    return torch.where(start_mask, rank // block_size, -1)
+
+
+def copy_denoiser(denoiser: nn.Module) -> TransformerDenoiser:
+    """A fresh trainable TransformerDenoiser with `denoiser`'s architecture and weights."""
+    if not hasattr(denoiser, "config") or not isinstance(denoiser.config, dict):
+        raise ValueError(f"certainty forcing fine-tunes a copy of the teacher, which needs a TransformerDenoiser "
+                         f"(got {type(denoiser).__name__}); use teacher=saved teacher.path=DIR")
+    model = TransformerDenoiser(**denoiser.config)
+    model.load_state_dict(denoiser.state_dict())
+    return model.to(next(denoiser.parameters()).device)
+
+
+class EntropyThresholdSampler(nn.Module):
+    """Args:
+        threshold: entropy (nats) below which a masked position of the current block is committed.
+        block_size: positions per semi-autoregressive block.
+        temperature: 0 commits the argmax token; > 0 draws from softmax(logits / temperature)
+            (the entropy that decides *where* to commit is always that of softmax(logits)).
+        eos_id: end token; committing it fills every masked position after it with it (the answer
+            stops there). None: no end token (fixed-length answers, as in `paths`).
+        denoiser: architecture (TransformerDenoiser config) of the sampler's own denoiser, or None to
+            decode with the denoiser passed to `sample` (e.g. the undistilled teacher).
+        lora: {r, alpha, dropout, target_modules}: the own denoiser carries LoRA adapters (PEFT).
+        adapter_only: only the adapter tensors are saved; the base weights are the teacher's, taken
+            from the denoiser passed to `sample` (checked against `teacher_ref` when loaded).
+    """
+
+    name = "entropy_threshold"
+
+    def __init__(
+        self,
+        threshold: float = 0.05,
+        block_size: int = 32,
+        temperature: float = 0.0,
+        eos_id: int | None = None,
+        denoiser: dict | None = None,
+        lora: dict | None = None,
+        adapter_only: bool = False,
+    ) -> None:
+        super().__init__()
+        if threshold < 0:
+            raise ValueError(f"threshold must be >= 0 (nats), got {threshold}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = argmax), got {temperature}")
+        if adapter_only and (lora is None or denoiser is None):
+            raise ValueError("adapter_only needs both the denoiser architecture and the lora settings")
+        self.threshold = float(threshold)
+        self.block_size = int(block_size)
+        self.temperature = float(temperature)
+        self.eos_id = eos_id
+        self.denoiser_config = dict(denoiser) if denoiser is not None else None
+        self.lora = check_lora(dict(lora)) if lora is not None else None
+        self.adapter_only = bool(adapter_only)
+        self.adapter_tensors: dict[str, Tensor] | None = None  # adapter_only, until bound to a teacher
+        self.denoiser: nn.Module | None = None
+        if denoiser is not None and not adapter_only:
+            model = TransformerDenoiser(**self.denoiser_config)
+            self.denoiser = add_lora(model, self.lora) if self.lora else model
+
+    @property
+    def config(self) -> dict:
+        return {"threshold": self.threshold, "block_size": self.block_size, "temperature": self.temperature,
+                "eos_id": self.eos_id, "denoiser": self.denoiser_config, "lora": self.lora,
+                "adapter_only": self.adapter_only}
+
+    # --- the student's own denoiser ------------------------------------------------------------
+    def init_denoiser(self, teacher: nn.Module) -> None:
+        """Start the own denoiser as a copy of `teacher`: LoRA adapters (if `lora`) or all weights trainable."""
+        model = copy_denoiser(teacher).train()
+        self.denoiser_config = dict(model.config)
+        self.denoiser = add_lora(model, self.lora) if self.lora else model.requires_grad_(True)
+
+    def network(self, denoiser: nn.Module) -> nn.Module:
+        """What `sample` calls: the own denoiser, else `denoiser` (binding an adapter-only export to it)."""
+        if self.denoiser is not None:
+            return self.denoiser
+        if self.adapter_only:
+            ref = getattr(self, "teacher_ref", None) or {}
+            actual = getattr(denoiser, "sha256", None)
+            if ref.get("sha256") and actual != ref["sha256"]:
+                raise ValueError(f"this adapter was trained on the teacher with SHA-256 {ref['sha256'][:12]}..., "
+                                 f"but the denoiser given has {str(actual)[:12]}...; pass that teacher")
+            model = add_lora(copy_denoiser(denoiser), self.lora)
+            if self.adapter_tensors is not None:
+                load_adapter_state(model, self.adapter_tensors)
+            self.denoiser = model.eval().requires_grad_(False)
+            return self.denoiser
+        return denoiser
+
+    def merged(self) -> "EntropyThresholdSampler":
+        """A standalone copy whose denoiser has the LoRA adapters merged into its weights."""
+        if self.denoiser is None:
+            raise ValueError("nothing to merge: this sampler has no denoiser of its own (bind it with sample() first)")
+        out = EntropyThresholdSampler(self.threshold, self.block_size, self.temperature, self.eos_id,
+                                      denoiser=self.denoiser_config)
+        plain = merge_lora(self.denoiser) if self.lora else self.denoiser
+        out.denoiser.load_state_dict(plain.state_dict())
+        return out.to(next(plain.parameters()).device).eval()
+
+    def adapter(self) -> "EntropyThresholdSampler":
+        """A copy that keeps only the LoRA adapter tensors (its base is the teacher at sampling time)."""
+        if self.lora is None or self.denoiser is None:
+            raise ValueError("adapter-only export needs a LoRA student (student.lora set) that has a denoiser")
+        out = EntropyThresholdSampler(self.threshold, self.block_size, self.temperature, self.eos_id,
+                                      denoiser=self.denoiser_config, lora=self.lora, adapter_only=True)
+        out.adapter_tensors = {k: v.detach().cpu().clone() for k, v in adapter_state(self.denoiser).items()}
+        return out
+
+    def export_state(self) -> dict[str, Tensor]:
+        """The tensors an export stores: the adapter's alone (adapter_only) or the whole state."""
+        if self.adapter_only:
+            return adapter_state(self.denoiser) if self.denoiser is not None else dict(self.adapter_tensors or {})
+        return self.state_dict()
+
+    def load_export_state(self, state: dict[str, Tensor]) -> None:
+        if self.adapter_only:
+            self.adapter_tensors = dict(state)
+        else:
+            self.load_state_dict(state)
+
+    # --- decoding ------------------------------------------------------------------------------
+    def default_steps(self, generated: int) -> list[int]:
+        """The step count is adaptive; `generated` (one token per step) is its upper bound."""
+        return [generated]
+
+    def step(self, logits: Tensor, tokens: Tensor, masked: Tensor, block: Tensor, generator) -> Tensor:
+        """One decoding step on rows that still have masked positions: (B, L) tokens after it."""
+        entropy = tempered_entropy(logits)  # (B, L)
+        current = block.masked_fill(~masked, block.shape[1]).amin(-1, keepdim=True)  # each row's active block
+        in_block = masked & (block == current)
+        commit = in_block & (entropy < self.threshold)
+        most_certain = entropy.masked_fill(~in_block, float("inf")).argmin(-1)  # (B,)
+        commit[torch.arange(len(commit), device=commit.device), most_certain] = True  # progress
+        draws = draw_tokens(logits, self.temperature, generator)
+        tokens = torch.where(commit, draws, tokens)
+        if self.eos_id is not None:  # everything after a committed end token is the end token
+            after = ((tokens == self.eos_id) & (block >= 0)).long().cumsum(-1) > 0
+            tokens = torch.where(after & (masked & ~commit), self.eos_id, tokens)
+        return tokens
+
+    @torch.no_grad()
+    def sample(
+        self,
+        denoiser: nn.Module,
+        steps: int | None = None,
+        *,
+        batch_size: int | None = None,
+        seq_len: int | None = None,
+        prompt: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        return_trace: bool = False,
+    ) -> SampleOutput:
+        """Fill every masked position, each row until it has none left.
+
+        steps: an upper bound (None, or at least the number of masked positions): the decoder
+            picks its own step count, at most one step per masked position.
+        Returns tokens, nfe = mean forward passes per row, and nfe_per_row (B,).
+        """
+        net = self.network(denoiser)
+        mask_id = net.mask_id
+        tokens = make_canvas(mask_id, batch_size, seq_len, prompt)
+        start_mask = tokens == mask_id
+        most = int(start_mask.sum(-1).max())
+        if steps is not None and steps < most:
+            raise ValueError(f"the entropy-threshold decoder picks its own step count (at most one per masked "
+                             f"position); steps must be null or >= {most}, got {steps}")
+        block = block_index(start_mask, self.block_size)
+        nfe_per_row = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        trace = [] if return_trace else None
+        active = start_mask.any(-1)
+        while active.any():
+            rows = active.nonzero().squeeze(1)
+            x = tokens[rows]
+            logits = net(x)
+            tokens[rows] = self.step(logits, x, x == mask_id, block[rows], generator)
+            nfe_per_row[rows] += 1
+            if trace is not None:
+                trace.append(tokens.clone())
+            active = (tokens == mask_id).any(-1)
+        nfe = nfe_per_row.double().mean().item() if len(nfe_per_row) else 0.0
+        return SampleOutput(tokens=tokens, nfe=nfe, trace=trace, nfe_per_row=nfe_per_row)
+
+    def describe(self, num_masked: int) -> str:
+        own = "none (decodes the denoiser it is given)" if self.denoiser_config is None else (
+            f"{'LoRA ' + str(self.lora) if self.lora else 'all weights fine-tuned'}"
+            + (", adapter only (base = the teacher)" if self.adapter_only else ""))
+        return "\n".join([
+            "| setting | value |", "|---|---|",
+            f"| entropy threshold | {self.threshold:g} nats |",
+            f"| block size | {self.block_size} |",
+            f"| temperature | {self.temperature:g} |",
+            f"| own denoiser | {own} |",
+            f"| most steps for {num_masked} positions | {num_masked} |",
+        ])

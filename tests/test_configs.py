@@ -48,6 +48,9 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
         assert cfg.trainer.precision == "bf16-mixed" and cfg.teacher.dtype == "bfloat16" and cfg.teacher.path
         assert cfg.student._target_.startswith("students.") and cfg.objective._target_.startswith("distill.")
         return
+    if "teacher_path" in cfg.data:  # data the teacher generates (certainty forcing): built in test_certainty
+        assert cfg.teacher._target_.endswith("saved_teacher") and hasattr(instantiate(cfg.student, _convert_="all"), "sample")
+        return
     datamodule = instantiate(cfg.data)
     runtime = {"vocab_size": datamodule.vocab_size, "seq_len": datamodule.seq_len, "data_spec": datamodule.spec()}
     if cfg.get("teacher"):

@@ -67,7 +67,7 @@ def test_corrupt_truncated_and_missing_exports_are_named(student, tmp_path):
     with pytest.raises(ValueError, match="not valid JSON.*corrupt"):
         students.load(path)
     (path / "sampler.json").write_text(json.dumps({"format": "fewstep-student/1", "class": "Nope"}))
-    with pytest.raises(ValueError, match="class 'Nope'.*known: LearnedSampler"):
+    with pytest.raises(ValueError, match="class 'Nope'.*known:.*LearnedSampler"):
         students.load(path)
 
 

@@ -46,4 +46,4 @@ def table(teacher: str, root: Path = Path("runs")) -> str:
 
 
 if __name__ == "__main__":
-    print("\n".join(table(t) for t in TEACHERS))
+    print("\n".join(table(t) for t in TEACHERS if (Path("runs") / "lsd" / t).is_dir()))

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from teachers.saved import sha256_file
+from teachers.saved import read_meta, sha256_file
 
 FORMAT = "fewstep-student/1"
 
@@ -72,21 +72,10 @@ def save_student(
 
 
 def read_student_meta(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    meta_file = path / "sampler.json"
-    if not meta_file.is_file():
-        raise FileNotFoundError(
-            f"{path} is not a student export: {meta_file} is missing; pass the export_dir of a "
-            "`fewstep-train experiment=...` distillation run (or run fewstep-export on its checkpoint)"
-        )
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{meta_file} is not valid JSON ({err}); the export is corrupt, export it again") from err
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{meta_file} has format {meta.get('format')!r}, expected {FORMAT!r}; "
-                         "this is not a fewstep student export")
-    return meta
+    return read_meta(Path(path) / "sampler.json", FORMAT,
+                     "is not a student export (pass the export_dir of a `fewstep-train experiment=...` distillation "
+                     "run, or run fewstep-export on its checkpoint)",
+                     "the export is corrupt, export it again")
 
 
 def load_student(path: str | os.PathLike, registry: dict[str, Callable[..., nn.Module]]) -> nn.Module:

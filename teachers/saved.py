@@ -58,21 +58,24 @@ def save_teacher(model: TransformerDenoiser, path: str | os.PathLike, data: dict
     return path
 
 
-def read_teacher_config(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(
-            f"{path} is not a saved teacher: {config_file} is missing; "
-            "pass the export_dir of a `fewstep-train experiment=teacher_*` run"
-        )
+def read_meta(meta_file: Path, fmt: str, missing_hint: str, corrupt_hint: str) -> dict:
+    """The JSON metadata of an export directory, with errors that say what is wrong and what to do."""
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"{meta_file.parent} {missing_hint}: {meta_file} is missing")
     try:
-        meta = json.loads(config_file.read_text())
+        meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{config_file} is not valid JSON ({err}); the teacher directory is corrupt, re-export it") from err
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{config_file} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise ValueError(f"{meta_file} is not valid JSON ({err}); {corrupt_hint}") from err
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise ValueError(f"{meta_file} has format {meta.get('format') if isinstance(meta, dict) else None!r}, "
+                         f"expected {fmt!r}")
     return meta
+
+
+def read_teacher_config(path: str | os.PathLike) -> dict:
+    return read_meta(Path(path) / "config.json", FORMAT,
+                     "is not a saved teacher (pass the export_dir of a `fewstep-train experiment=teacher_*` run)",
+                     "the teacher directory is corrupt, re-export it")
 
 
 def load_teacher(path: str | os.PathLike) -> nn.Module:

@@ -11,11 +11,12 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, MissingMandatoryValue)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, MissingMandatoryValue, MisconfigurationException)
 
 
 def _user_error(err: BaseException) -> BaseException | None:

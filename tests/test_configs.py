@@ -100,16 +100,16 @@ def test_every_trainer_logger_and_callbacks_option_instantiates(group, tmp_path)
     from hydra.core.hydra_config import HydraConfig
 
     for option in sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")):
-        if group == "trainer" and option in ("gpu", "ddp"):
+        if group == "trainer" and option in ("gpu", "ddp", "fsdp"):
             continue  # need a GPU; composed below
         cfg = compose_cfg("train", [f"{group}={option}"], tmp_path)
         HydraConfig.instance().set_config(cfg)
         node = cfg[group]
         built = [instantiate(c) for c in node.values()] if group == "callbacks" else instantiate(node)
         assert built is not None
-    for option in ("gpu", "ddp"):
+    for option in ("gpu", "ddp", "fsdp"):
         cfg = compose_cfg("train", [f"trainer={option}"], tmp_path)
-        assert cfg.trainer.accelerator == "gpu"
+        assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
 
 
 def test_teacher_options_build_against_data(tmp_path):

@@ -19,10 +19,14 @@ from torch.utils.data import DataLoader, IterableDataset
 from distill.seeding import derived_seed
 
 
-class SlicedStream(IterableDataset):
-    """Endless batches {"tokens", "answer_mask"}; `global_batch(i, size)` -> (size, L) tokens of batch i."""
+Batch = Tensor | tuple[Tensor, Tensor]  # tokens (B, L), or tokens and a per-row answer_mask (B, L)
 
-    def __init__(self, global_batch: Callable[[int, int], Tensor], answer_mask: Tensor, batch_size: int,
+
+class SlicedStream(IterableDataset):
+    """Endless batches {"tokens", "answer_mask"}; `global_batch(i, size)` -> batch i: its (size, L)
+    tokens, or (tokens, answer_mask) when rows have their own answer spans (else `answer_mask`)."""
+
+    def __init__(self, global_batch: Callable[[int, int], Batch], answer_mask: Tensor, batch_size: int,
                  start: int = 0, rank: int = 0, world_size: int = 1) -> None:
         self.global_batch = global_batch
         self.answer_mask = answer_mask
@@ -33,13 +37,14 @@ class SlicedStream(IterableDataset):
             raise ValueError("training streams are built in the main process; keep the data loader's num_workers=0")
         i = self.start
         while True:
-            tokens = self.global_batch(i, self.batch_size * self.world_size)
-            tokens = tokens[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-            yield {"tokens": tokens, "answer_mask": self.answer_mask.expand_as(tokens)}
+            drawn = self.global_batch(i, self.batch_size * self.world_size)
+            tokens, answer_mask = drawn if isinstance(drawn, tuple) else (drawn, self.answer_mask.expand_as(drawn))
+            mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+            yield {"tokens": tokens[mine], "answer_mask": answer_mask[mine]}
             i += 1
 
 
-def sampled_batches(sample: Callable[[int, torch.Generator], Tensor], seed: int) -> Callable[[int, int], Tensor]:
+def sampled_batches(sample: Callable[[int, torch.Generator], Batch], seed: int) -> Callable[[int, int], Batch]:
     """Batch i drawn fresh from a source: `sample(size, generator seeded by (seed, i))`."""
     return lambda i, size: sample(size, torch.Generator().manual_seed(derived_seed(seed, i)))
 
@@ -62,7 +67,7 @@ def shuffled_batches(rows: Tensor, seed: int) -> Callable[[int, int], Tensor]:
     return batch
 
 
-def train_loader(datamodule: L.LightningDataModule, global_batch: Callable[[int, int], Tensor],
+def train_loader(datamodule: L.LightningDataModule, global_batch: Callable[[int, int], Batch],
                  answer_mask: Tensor, batch_size: int) -> DataLoader:
     """The stream positioned where the attached trainer is (0 without one), sliced for its rank."""
     trainer = datamodule.trainer

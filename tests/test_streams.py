@@ -53,3 +53,18 @@ def test_derived_seeds_separate_their_parts():
     assert derived_seed(1, 2) == derived_seed(1, 2)
     assert len({derived_seed(1, 2), derived_seed(2, 1), derived_seed(12), derived_seed(1, 2, 0)}) == 4
     assert 0 <= derived_seed(7) < 2**63
+
+
+def test_per_row_answer_masks_are_sliced_with_their_rows():
+    def sample_with_masks(num: int, generator: torch.Generator):
+        tokens = sample(num, generator)
+        return tokens, tokens % 2 == 0
+
+    batches = sampled_batches(sample_with_masks, seed=2)
+    for rank in range(2):
+        batch = _take_dicts(SlicedStream(batches, MASK, batch_size=3, rank=rank, world_size=2), 1)[0]
+        assert torch.equal(batch["answer_mask"], batch["tokens"] % 2 == 0)
+
+
+def _take_dicts(stream: SlicedStream, n: int) -> list[dict]:
+    return list(itertools.islice(iter(stream), n))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +30,8 @@ def main(cfg: DictConfig) -> None:
     export_dir = Path(cfg.export_dir) if cfg.export_dir else out_dir / "export"
     if export_dir.exists():
         raise FileExistsError(f"export_dir {export_dir} already exists; choose another export_dir or delete it first")
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     generated = int(datamodule.answer_mask.sum())

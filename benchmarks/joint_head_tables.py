@@ -30,8 +30,10 @@ def rows_of(path: Path) -> list[dict]:
     return json.loads((path / "metrics.json").read_text())["rows"]
 
 
-def fmt(v) -> str:
-    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+def fmt(v, integer: bool = False) -> str:
+    if v is None:
+        return "-"
+    return str(int(v)) if integer else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
 def quality_table(base: list[dict], heads: dict[int, list[dict]], length: int) -> str:
@@ -40,7 +42,7 @@ def quality_table(base: list[dict], heads: dict[int, list[dict]], length: int) -
     lines = ["| " + " | ".join(COLS) + " |", "|" + "---|" * len(COLS)]
 
     def line(name, r, closed=None):
-        cells = [name, fmt(r.get("nfe")), fmt(r.get("head_passes")), fmt(r["gen_nll"]), fmt(r["bigram_kl"]),
+        cells = [name, fmt(r.get("nfe"), True), fmt(r.get("head_passes"), True), fmt(r["gen_nll"]), fmt(r["bigram_kl"]),
                  fmt(r.get("pair_kl_d4")), fmt(r["low_prob_rate"]), fmt(r["entropy"]), "-" if closed is None else f"{closed:.1%}"]
         lines.append("| " + " | ".join(cells) + " |")
 

@@ -90,7 +90,8 @@ class JointHead(nn.Module):
             so one layer cannot tell a neighbour revealed in the previous pass (its hidden state is
             still a spread distribution) from one revealed before; a second layer can.
         max_distance: attention gets a learned bias per head and relative offset, clipped at this
-            distance; the head needs positions to know which tokens are neighbours.
+            distance; the head needs positions to know which tokens are neighbours. It starts local
+            (`local_attention_bias`).
         zero_init: zero the output projection, so the head starts as the identity on hidden states.
     """
 

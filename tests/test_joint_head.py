@@ -158,7 +158,7 @@ def test_export_loads_and_samples_token_identically(tmp_path):
 
 @pytest.fixture
 def one_thread():
-    """Small matmuls: two threads on a busy 2-core machine run up to 100x slower than one (measured)."""
+    """Small matmuls: a training step on a busy 2-core machine took 5.4 s with two threads, 0.06 s with one (measured)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

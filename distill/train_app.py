@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -33,6 +34,8 @@ def run(cfg: DictConfig) -> None:
         raise FileExistsError(f"export_dir {export_dir} already exists; choose another export_dir or delete it first")
     if cfg.get("ckpt_path") not in (None, "last"):
         read_checkpoint(cfg.ckpt_path)  # missing, truncated or foreign checkpoints fail before any work
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     generated = int(datamodule.answer_mask.sum())

@@ -62,6 +62,24 @@ def reveal_one(rule: MaskedSampler, logits: Tensor, tokens: Tensor, mask_id: int
     return torch.where(reveal, draws, tokens)
 
 
+def local_attention_bias(n_head: int, max_distance: int) -> Tensor:
+    """Initial attention bias (n_head, 2 * max_distance + 1) per relative offset: every head starts local.
+
+    Head 0 peaks on the left neighbour, head 1 on the right one, the others decay symmetrically with
+    slopes 1, 1/4, 1/16, ... A zero bias spreads attention evenly over the sequence, and Adam moves a
+    bias by about lr per step, so at lr 1e-3 a head needs on the order of a thousand steps to become
+    local; the head's job is mostly to pass a newly revealed token to its neighbours.
+    """
+    offsets = torch.arange(-max_distance, max_distance + 1, dtype=torch.float32)
+    rows = []
+    for h in range(n_head):
+        if h < 2 and n_head > 1:
+            rows.append(-2.0 * (offsets - (1 if h else -1)).abs())
+        else:
+            rows.append(-(0.25 ** max(h - 2, 0)) * offsets.abs())
+    return torch.stack(rows)
+
+
 class JointHead(nn.Module):
     """One head pass: embeddings of the current tokens (B, L, E) and previous hidden (B, L, H) -> new hidden (B, L, H).
 
@@ -72,7 +90,8 @@ class JointHead(nn.Module):
             so one layer cannot tell a neighbour revealed in the previous pass (its hidden state is
             still a spread distribution) from one revealed before; a second layer can.
         max_distance: attention gets a learned bias per head and relative offset, clipped at this
-            distance; the head needs positions to know which tokens are neighbours.
+            distance; the head needs positions to know which tokens are neighbours. It starts local
+            (`local_attention_bias`).
         zero_init: zero the output projection, so the head starts as the identity on hidden states.
     """
 
@@ -87,7 +106,7 @@ class JointHead(nn.Module):
         self.norm_embed = nn.LayerNorm(embed_size)
         self.norm_hidden = nn.LayerNorm(hidden_size)
         self.proj_in = nn.Linear(embed_size + hidden_size, width)
-        self.rel_bias = nn.Parameter(torch.zeros(n_head, 2 * max_distance + 1))  # shared by the layers
+        self.rel_bias = nn.Parameter(local_attention_bias(n_head, max_distance))  # shared by the layers
         self.blocks = nn.ModuleList(Block(width, n_head, mlp_ratio, dropout=0.0) for _ in range(n_layer))
         self.norm_out = nn.LayerNorm(width)
         self.proj_out = nn.Linear(width, hidden_size)

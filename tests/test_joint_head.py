@@ -21,6 +21,7 @@ from distill.cli import CONF_DIR
 from distill.data import SourceDataModule
 from distill.joint_head import JointHeadObjective, forward_kl
 from students import JointHeadSampler
+from students.joint_head import JointHead
 from teachers import ConfidenceSampler, HiddenMarkovSource, OracleDenoiser, SourceConfig, TransformerDenoiser, save_teacher
 
 TINY_DATA = ["data.vocab_size=6", "data.seq_len=8", "data.batch_size=32", "data.val_size=64"]
@@ -155,16 +156,35 @@ def test_export_loads_and_samples_token_identically(tmp_path):
     assert torch.equal(a.tokens, b.tokens) and (a.nfe, a.head_passes) == (b.nfe, b.head_passes) == (4, 8)
 
 
-@pytest.mark.slow  # fails on main at the end of this session: the KL barely moves in 60 steps (open, see issue note)
-def test_training_lowers_the_kl_to_the_target():
+@pytest.fixture
+def one_thread():
+    """Small matmuls: a training step on a busy 2-core machine took 5.4 s with two threads, 0.06 s with one (measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_training_lowers_the_kl_to_the_target(one_thread):
+    # the experiments' head shape (two layers, wider than H = V = 6); 80 steps on the tiny chain
     torch.manual_seed(0)
     datamodule = tiny_data()
-    objective = objective_for(OracleDenoiser(datamodule.source))
+    objective = objective_for(OracleDenoiser(datamodule.source), width=32, n_layer=2)
     batch = next(iter(datamodule.val_dataloader()))
-    before = objective.loss(batch, torch.Generator().manual_seed(0))[0].item()
-    fit(objective, datamodule, 60)
-    after = objective.loss(batch, torch.Generator().manual_seed(0))[0].item()
-    assert after < 0.7 * before
+    before = objective.loss(batch, torch.Generator().manual_seed(0))[1]
+    fit(objective, datamodule, 80)
+    after = objective.loss(batch, torch.Generator().manual_seed(0))[1]
+    assert after["objective"] < 0.5 * before["objective"]
+    assert after["kl_pass4"] < 0.5 * before["kl_pass4"]  # the late passes, which need the revealed tokens, learned
+    assert after["kl_pass1"] < 0.02  # and the first pass stayed close to the teacher
+
+
+def test_attention_starts_local():
+    bias = JointHead(6, 6, width=8, n_head=4, max_distance=3).attention_bias(8)[0]  # (nh, L, L)
+    i = 4
+    assert bias[0, i].argmax().item() == i - 1 and bias[1, i].argmax().item() == i + 1  # left / right neighbour
+    assert bias[2, i].argmax().item() == i and bias[2, i, i - 1] > bias[2, i, i - 3]  # decays with distance
+    assert torch.equal(bias[3, 0, 7], bias[3, 0, 3])  # clipped beyond max_distance
 
 
 @pytest.mark.parametrize("experiment", ["joint_head_oracle", "joint_head_teacher"])

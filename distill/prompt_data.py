@@ -82,6 +82,7 @@ class PromptsDataModule(L.LightningDataModule):
         prompt_len, answer_len: token budget of each part (longer prompts keep their end).
         checker: "last_number" (GSM8K) or "exact".
         val_fraction: rows held out for evaluation (never trained on).
+        trust_remote_code: passed to the tokenizer (LLaDA/Dream ship code; default ${teacher.trust_remote_code}).
     """
 
     def __init__(self, file: str, tokenizer: str, question_field: str = "question", answer_field: str = "answer",

@@ -50,6 +50,7 @@ class TextDataModule(L.LightningDataModule):
         seq_len: tokens per block (the canvas length samplers generate).
         text_field: the column holding text in json/parquet/csv files.
         val_blocks: blocks held out for validation and the true-data row.
+        trust_remote_code: passed to the tokenizer (LLaDA/Dream ship code; default ${teacher.trust_remote_code}).
     """
 
     def __init__(self, files: list[str] | None = None, tokenizer: str | None = None, seq_len: int = 128,

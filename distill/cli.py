@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import sys
 from pathlib import Path
 
-from hydra.errors import InstantiationException
-from omegaconf.errors import MissingMandatoryValue
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, InstantiationException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, MissingMandatoryValue)
@@ -23,9 +27,16 @@ def _user_error(err: BaseException) -> BaseException | None:
     return None
 
 
+def _remove_empty_run_dir() -> None:
+    """Drop the run directory Hydra made if the failed run wrote nothing but Hydra's own files."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def user_errors(task):
     """Bad input exits with status 2 and a one-paragraph message, no traceback
-    (HYDRA_FULL_ERROR=1 shows it)."""
+    (HYDRA_FULL_ERROR=1 shows it), and leaves no run directory behind."""
 
     @functools.wraps(task)
     def wrapper(cfg):
@@ -36,6 +47,36 @@ def user_errors(task):
             if user is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
             print(f"error: {user}", file=sys.stderr)
+            _remove_empty_run_dir()
             raise SystemExit(2) from None
 
     return wrapper
+
+
+def check_override_keys(config_name: str, overrides: list[str]) -> None:
+    """An override of a key the config does not have (objective.lr=...) exits 2 naming the valid
+    keys at that place; Hydra's own message only says the key is not in the struct."""
+    plain = [o for o in overrides if "=" in o and not o.startswith(("-", "+", "~"))]
+    if len(plain) != len(overrides) or any("," in o.split("=", 1)[1] and "[" not in o for o in plain):
+        return  # flags, additions, deletions or sweeps: Hydra reports those itself
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        try:
+            compose(config_name, overrides=plain)
+            return
+        except ConfigCompositionException as err:
+            cause = err.__cause__
+            if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not getattr(cause, "full_key", None):
+                return
+            key = cause.full_key
+        try:
+            cfg = compose(config_name, overrides=[o for o in plain if o.split("=", 1)[0] != key])
+        except Exception:  # noqa: BLE001 - fall back to Hydra's message
+            return
+    parent = key.rpartition(".")[0]
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if not OmegaConf.is_dict(node):
+        return
+    valid = ", ".join(str(k) for k in node.keys() if not str(k).startswith("_"))
+    print(f"error: {key} is not an option{f' of {parent}' if parent else ''}; the options are: {valid}. "
+          f"(To add a key the config does not have, write +{key}=VALUE.)", file=sys.stderr)
+    raise SystemExit(2)

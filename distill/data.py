@@ -8,37 +8,16 @@ generate (everywhere for unconditional sources, the answer span for `paths`).
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Callable
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from distill.benchmarks import PathsBenchmark, SequenceBenchmark
+from distill.streams import sampled_batches, train_loader
 from teachers.hmm import HiddenMarkovSource, SourceConfig
 from teachers.paths import PROMPT_LEN, PathsConfig, PathsTask
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-
-
-class FreshSamples(IterableDataset):
-    """An endless stream of batches drawn from `sample(num, generator)`, seeded per rank and worker."""
-
-    def __init__(self, sample: Callable[[int, torch.Generator], Tensor], answer_mask: Tensor, batch_size: int, seed: int) -> None:
-        self.sample = sample
-        self.answer_mask = answer_mask
-        self.batch_size = batch_size
-        self.seed = seed
-
-    def __iter__(self):
-        worker = torch.utils.data.get_worker_info()
-        gen = torch.Generator().manual_seed(self.seed + 1_000_003 * _rank() + 7919 * (worker.id if worker else 0))
-        while True:
-            tokens = self.sample(self.batch_size, gen)
-            yield {"tokens": tokens, "answer_mask": self.answer_mask.expand_as(tokens)}
 
 
 def _fixed_batches(tokens: Tensor, answer_mask: Tensor, batch_size: int) -> list[dict[str, Tensor]]:
@@ -83,7 +62,7 @@ class SourceDataModule(L.LightningDataModule):
         return {"kind": "hidden_markov", **asdict(self.config)}
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(FreshSamples(self.source.sample, self.answer_mask, self.batch_size, self.config.seed + 1), batch_size=None)
+        return train_loader(self, sampled_batches(self.source.sample, self.config.seed + 1), self.answer_mask, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         tokens = self.source.sample(self.val_size, torch.Generator().manual_seed(self.config.seed + 2))
@@ -142,7 +121,7 @@ class PathsDataModule(L.LightningDataModule):
         return dict(self.split)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(FreshSamples(self.task.sample, self.answer_mask, self.batch_size, self.seed + 1), batch_size=None)
+        return train_loader(self, sampled_batches(self.task.sample, self.seed + 1), self.answer_mask, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         tokens = self.task.sample(self.val_size, torch.Generator().manual_seed(self.seed + 2))

@@ -8,6 +8,7 @@ quality-vs-steps table and write metrics.json, samples.safetensors and the sourc
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import students
-from distill.cli import CONF_DIR, user_errors
+from distill.cli import CONF_DIR, check_override_keys, user_errors
 from distill.evaluate import evaluate_sampler, reference_row, sample_key, write_run
 from distill.report import markdown_table
 
@@ -69,7 +70,7 @@ def run_evaluation(denoiser, sampler, sampler_name: str, datamodule, eval_cfg, o
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 @user_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     if cfg.get("threads"):
         torch.set_num_threads(cfg.threads)
     if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
@@ -92,6 +93,12 @@ def main(cfg: DictConfig) -> None:
     denoiser = denoiser.to(cfg.device)  # a no-op for the oracle, which has no tensors
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     run_evaluation(denoiser, sampler, name, datamodule, cfg.eval, out_dir, OmegaConf.to_container(cfg, resolve=True))
+
+
+def main() -> None:
+    """Console entry point (fewstep-eval)."""
+    check_override_keys("eval", sys.argv[1:])
+    run()
 
 
 if __name__ == "__main__":

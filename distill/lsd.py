@@ -31,6 +31,7 @@ from torch import Tensor
 
 from distill.student_objective import StudentObjective
 from teachers.ancestral import AncestralSampler
+from teachers.confidence import ConfidenceSampler
 from teachers.sampling import draw_tokens
 
 DIVERGENCES = ("transition", "joint")
@@ -98,13 +99,19 @@ def reinforce_loss(rollout: dict[str, Tensor]) -> Tensor:
     return loss + (grid_advantage * rollout["grid_log_prob"].float()).mean()
 
 
+ROLLOUTS = {
+    "ancestral": lambda: AncestralSampler(),  # MDLM: random order, tokens drawn
+    "greedy": lambda: ConfidenceSampler(temperature=0.0, score="max_prob"),  # deterministic: most confident argmax
+}
+
+
 def transition_loss(student, teacher, canvas: Tensor, teacher_steps: int, relaxed: float,
-                    generator: torch.Generator | None) -> Tensor:
+                    generator: torch.Generator | None, rollout: str = "ancestral") -> Tensor:
     """Per-position cross-entropy of each student step's transition toward the teacher's over the same interval."""
     mask_id = teacher.mask_id
     with torch.no_grad():
-        trace = AncestralSampler().sample(teacher, teacher_steps, prompt=canvas, generator=generator,
-                                          return_trace=True).trace
+        trace = ROLLOUTS[rollout]().sample(teacher, teacher_steps, prompt=canvas, generator=generator,
+                                           return_trace=True).trace
     states = [canvas] + trace
     fractions = torch.softmax(student.grid_logits.float(), dim=0)
     cumulative = torch.cat([fractions.new_zeros(1), fractions.cumsum(0)])
@@ -138,30 +145,37 @@ class LSDObjective(StudentObjective):
         divergence: "transition" (LSD, LSD+) or "joint" (lsd_joint).
         teacher_steps: N of the teacher's rollout for "transition" (null: one token per step).
         relaxed: fraction of the start state perturbed for "transition" (LSD's relaxed start).
+        rollout: the teacher's rollout for "transition": "ancestral" (MDLM, the default) or "greedy"
+            (most confident position, argmax token: deterministic, so the loss is a function of the
+            batch alone -- what the DDP equivalence test relies on).
     """
 
     objective_name = "lsd"
 
     def __init__(self, *args, divergence: str = "joint", teacher_steps: int | None = None, relaxed: float = 0.0,
-                 **kwargs) -> None:
+                 rollout: str = "ancestral", **kwargs) -> None:
         if divergence not in DIVERGENCES:
             raise ValueError(f"objective.divergence must be one of {DIVERGENCES}, got {divergence!r}")
+        if rollout not in ROLLOUTS:
+            raise ValueError(f"objective.rollout must be one of {tuple(ROLLOUTS)}, got {rollout!r}")
         if not 0 <= relaxed < 1:
             raise ValueError(f"objective.relaxed must be in [0, 1), got {relaxed}")
-        super().__init__(*args, divergence=divergence, teacher_steps=teacher_steps, relaxed=relaxed, **kwargs)
+        super().__init__(*args, divergence=divergence, teacher_steps=teacher_steps, relaxed=relaxed, rollout=rollout,
+                         **kwargs)
         if divergence == "transition" and "rule" in self.student.learn:
             raise ValueError("the transition divergence cannot train the reveal rule (it never sees which positions "
                              "the student picks); use objective=lsd_joint or student.learn=[coefficient,grid]")
         self.divergence = divergence
         self.teacher_steps = teacher_steps
         self.relaxed = relaxed
+        self.rollout = rollout
 
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         canvas = start_canvas(batch, self.teacher.mask_id)
         generated = int((canvas == self.teacher.mask_id).sum(-1).max())
         if self.divergence == "transition":
             steps = self.teacher_steps or generated
-            loss = transition_loss(self.student, self.teacher, canvas, steps, self.relaxed, generator)
+            loss = transition_loss(self.student, self.teacher, canvas, steps, self.relaxed, generator, self.rollout)
             return loss, {"objective": loss.detach()}
         rollout = joint_rollout(self.student, self.teacher, canvas, generator, "grid" in self.student.learn)
         per_token = rollout["kl"].sum(1) / rollout["num_masked"].clamp_min(1)

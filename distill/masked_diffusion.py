@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.evaluate import evaluate_sampler
+from distill.seeding import step_generator
 from teachers.saved import save_teacher
 
 WEIGHTINGS = ("none", "elbo")
@@ -56,6 +57,7 @@ class MaskedDiffusionObjective(L.LightningModule):
         loss_weighting: "none" (masked CE) or "elbo" (1/t weights).
         val_samples: sequences sampled at every validation to log sample quality.
         data_spec: what defines the training data (recorded in checkpoints and exports).
+        seed: with the rank and the step, seeds each training step's masks (distill/seeding.py).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class MaskedDiffusionObjective(L.LightningModule):
         loss_weighting: str = "none",
         val_samples: int = 256,
         data_spec: dict | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         network = network(vocab_size=vocab_size, seq_len=seq_len)
@@ -75,7 +78,9 @@ class MaskedDiffusionObjective(L.LightningModule):
             raise ValueError(f"loss_weighting must be one of {WEIGHTINGS}, got {loss_weighting!r}")
         data_spec = dict(data_spec) if data_spec is not None else None
         self.save_hyperparameters({"objective": "masked_diffusion", "network": network.config, "warmup_steps": warmup_steps,
-                                   "loss_weighting": loss_weighting, "val_samples": val_samples, "data_spec": data_spec})
+                                   "loss_weighting": loss_weighting, "val_samples": val_samples, "data_spec": data_spec,
+                                   "seed": seed})
+        self.seed = seed
         self.network = network
         self.optimizer_factory = optimizer
         self.warmup_steps = warmup_steps
@@ -91,14 +96,14 @@ class MaskedDiffusionObjective(L.LightningModule):
         return masked_ce(logits, tokens, noise_mask, 1.0 / t if self.loss_weighting == "elbo" else None)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        loss = self.loss(batch, step_generator(self, self.seed, batch_idx, batch["tokens"].device))
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         generator = torch.Generator(device=batch["tokens"].device).manual_seed(batch_idx)  # same masks every time
-        self.log("val/loss", self.loss(batch, generator), prog_bar=True)
+        self.log("val/loss", self.loss(batch, generator), prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.val_sampler is None or self.trainer.sanity_checking:
@@ -109,7 +114,7 @@ class MaskedDiffusionObjective(L.LightningModule):
                                   self.val_samples, seed=0, sampler_name="val")
         for key in ("gen_nll", "bigram_kl", "accuracy", "entropy"):
             if key in row:
-                self.log(f"val/{key}", row[key], prog_bar=key in ("gen_nll", "accuracy"))
+                self.log(f"val/{key}", row[key], prog_bar=key in ("gen_nll", "accuracy"), sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.network.parameters())

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
 from distill.metrics import EntropyMetric, _zero
+from distill.streams import shuffled_batches, train_loader
 from distill.text_data import load_tokenizer
 
 NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
@@ -151,19 +152,17 @@ class PromptsDataModule(L.LightningDataModule):
         return {"kind": "prompts", "file": self.file, "tokenizer": self.tokenizer_path, "prompt_len": self.prompt_len,
                 "answer_len": self.answer_len, "question_field": self.question_field, "answer_field": self.answer_field}
 
-    def _loader(self, index: Tensor, shuffle: bool) -> DataLoader:
-        return self.rows_loader(self.tokens[index], shuffle)
-
-    def rows_loader(self, tokens: Tensor, shuffle: bool) -> DataLoader:
-        mask = self.answer_mask.expand_as(tokens)
-        return DataLoader([{"tokens": t, "answer_mask": m} for t, m in zip(tokens, mask)], batch_size=self.batch_size,
-                          shuffle=shuffle, generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
-
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_index, shuffle=True)
+        return train_loader(self, shuffled_batches(self.tokens[self.train_index], self.seed), self.answer_mask,
+                            self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_index, shuffle=False)
+        return self.rows_loader(self.tokens[self.val_index])
+
+    def rows_loader(self, tokens: Tensor) -> DataLoader:
+        """Fixed rows in order (validation)."""
+        mask = self.answer_mask.expand_as(tokens)
+        return DataLoader([{"tokens": t, "answer_mask": m} for t, m in zip(tokens, mask)], batch_size=self.batch_size)
 
     def benchmark(self, **_) -> "PromptBenchmark":
         held_out = self.tokens[self.val_index]

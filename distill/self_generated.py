@@ -29,7 +29,8 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from distill.data import FreshSamples, PathsDataModule, _fixed_batches
+from distill.data import PathsDataModule, _fixed_batches
+from distill.streams import sampled_batches, train_loader
 from teachers.blockwise import BlockwiseSampler
 from teachers.paths import PROMPT_LEN, PathsTask
 from teachers.saved import load_teacher
@@ -186,7 +187,7 @@ class SelfGeneratedDataModule(PathsDataModule):
         def draw(num: int, generator: torch.Generator) -> Tensor:
             return rows[torch.randint(len(rows), (num,), generator=generator)]
 
-        return DataLoader(FreshSamples(draw, self.answer_mask, self.batch_size, self.seed + 1), batch_size=None)
+        return train_loader(self, sampled_batches(draw, self.seed + 1), self.answer_mask, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_fixed_batches(to_tokens(self.load()["validation"]), self.answer_mask, self.batch_size),

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from distill.prompt_data import PromptsDataModule
+from distill.streams import shuffled_batches, train_loader
 from teachers.blockwise import BlockwiseSampler
 from teachers.saved import sha256_file
 
@@ -160,7 +161,7 @@ class SelfGeneratedPromptsDataModule(PromptsDataModule):
         return torch.tensor(rows["tokens"], dtype=torch.long)
 
     def train_dataloader(self) -> DataLoader:
-        return self.rows_loader(self._tokens("train"), shuffle=True)
+        return train_loader(self, shuffled_batches(self._tokens("train"), self.seed), self.answer_mask, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        return self.rows_loader(self._tokens("validation"), shuffle=False)
+        return self.rows_loader(self._tokens("validation"))

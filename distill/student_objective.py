@@ -17,6 +17,7 @@ import students
 from distill.evaluate import evaluate_sampler
 from distill.frozen import attach_frozen, teacher_reference
 from distill.masked_diffusion import warmup_cosine
+from distill.seeding import step_generator
 
 
 class StudentObjective(L.LightningModule):
@@ -29,6 +30,7 @@ class StudentObjective(L.LightningModule):
         val_samples: sequences sampled by the student at every validation.
         data_spec: what defines the data (recorded in the export with the teacher reference).
         method: the name rows and exports carry (the student config's name, e.g. lsd_joint).
+        seed: with the rank and the step, seeds each training step's rollouts (distill/seeding.py).
     """
 
     objective_name = "student"
@@ -44,6 +46,7 @@ class StudentObjective(L.LightningModule):
         val_samples: int = 256,
         data_spec: dict | None = None,
         method: str = "student",
+        seed: int = 0,
         **hparams,
     ) -> None:
         super().__init__()
@@ -61,8 +64,9 @@ class StudentObjective(L.LightningModule):
         self.teacher_ref = teacher_reference(teacher, data_spec)
         self.save_hyperparameters({"objective": self.objective_name, "student": student, "teacher_ref": self.teacher_ref,
                                    "warmup_steps": warmup_steps, "val_samples": val_samples, "data_spec": data_spec,
-                                   "method": method, **hparams})
+                                   "method": method, "seed": seed, **hparams})
         self.method = method
+        self.seed = seed
         self.optimizer_factory = optimizer
         self.warmup_steps = warmup_steps
         self.val_samples = val_samples
@@ -75,9 +79,9 @@ class StudentObjective(L.LightningModule):
         self.teacher.to(self.device)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss, values = self.loss(batch)
+        loss, values = self.loss(batch, step_generator(self, self.seed, batch_idx, batch["tokens"].device))
         for name, value in values.items():
-            self.log(f"train/{name}", value, prog_bar=name == "objective")
+            self.log(f"train/{name}", value, prog_bar=name == "objective", sync_dist=True)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -85,7 +89,7 @@ class StudentObjective(L.LightningModule):
         with torch.no_grad():
             _, values = self.loss(batch, generator)
         for name, value in values.items():
-            self.log(f"val/{name}", value, prog_bar=name == "objective")
+            self.log(f"val/{name}", value, prog_bar=name == "objective", sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self.val_samples <= 0:
@@ -97,7 +101,7 @@ class StudentObjective(L.LightningModule):
                                       seed=0, sampler_name="val")
             for key in ("gen_nll", "bigram_kl", "accuracy", "entropy", "nfe"):
                 if key in row:
-                    self.log(f"val/{key}", row[key], prog_bar=key in ("gen_nll", "accuracy"))
+                    self.log(f"val/{key}", row[key], prog_bar=key in ("gen_nll", "accuracy"), sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.student.parameters() if p.requires_grad]

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
 from distill.metrics import EntropyMetric, GenPPLMetric
+from distill.streams import shuffled_batches, train_loader
 
 BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -114,9 +115,7 @@ class TextDataModule(L.LightningDataModule):
                 "seq_len": self._seq_len, "text_field": self.text_field}
 
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(list(self.train_blocks), batch_size=self.batch_size, shuffle=True, generator=gen,
-                          collate_fn=_collate, drop_last=len(self.train_blocks) >= self.batch_size)
+        return train_loader(self, shuffled_batches(self.train_blocks, self.seed), self.answer_mask, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(list(self.val), batch_size=self.batch_size, collate_fn=_collate)

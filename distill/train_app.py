@@ -7,6 +7,7 @@ print its quality-vs-steps table.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -15,20 +16,23 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from distill.cli import CONF_DIR, user_errors
+from distill.cli import CONF_DIR, check_override_keys, user_errors
 from distill.compare_app import compare
 from distill.eval_app import resolve_steps, run_evaluation
+from distill.export_app import read_checkpoint
 from distill.model_card import model_card
 from distill.student_objective import StudentObjective
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 @user_errors
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     export_dir = Path(cfg.export_dir) if cfg.export_dir else out_dir / "export"
     if export_dir.exists():
         raise FileExistsError(f"export_dir {export_dir} already exists; choose another export_dir or delete it first")
+    if cfg.get("ckpt_path") not in (None, "last"):
+        read_checkpoint(cfg.ckpt_path)  # missing, truncated or foreign checkpoints fail before any work
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     generated = int(datamodule.answer_mask.sum())
@@ -36,7 +40,8 @@ def main(cfg: DictConfig) -> None:
         resolve_steps(cfg.eval.steps, generated)
 
     # 1. optional frozen teacher and student, objective
-    runtime = {"vocab_size": datamodule.vocab_size, "seq_len": datamodule.seq_len, "data_spec": datamodule.spec()}
+    runtime = {"vocab_size": datamodule.vocab_size, "seq_len": datamodule.seq_len, "data_spec": datamodule.spec(),
+               "seed": cfg.seed}
     if cfg.get("student"):
         if not cfg.get("teacher"):
             raise ValueError("a student needs a frozen teacher: add teacher=oracle or teacher=saved teacher.path=DIR")
@@ -50,8 +55,11 @@ def main(cfg: DictConfig) -> None:
     choices = HydraConfig.get().runtime.choices
     if isinstance(objective, StudentObjective):
         denoiser, sampler, name = objective.teacher, objective.student, choices.get("student") or "student"
-        if cfg.eval.after_training and cfg.eval.steps is None:
-            resolve_steps(sampler.default_steps(generated), generated)
+        bad = [s for s in sampler.default_steps(generated) if not 1 <= s <= generated]
+        if bad:
+            raise ValueError(f"the student would take {bad} steps for {generated} generated positions; a step count "
+                             f"must be between 1 and {generated} (set student.steps, or student.tokens_per_forward "
+                             "for the joint head, to fit)")
     else:
         sampler, name = instantiate(cfg.sampler), choices.get("sampler") or "sampler"
         objective.val_sampler = sampler
@@ -82,6 +90,12 @@ def main(cfg: DictConfig) -> None:
     else:
         objective.export(str(export_dir))
     print(f"exported to {export_dir}")
+
+
+def main() -> None:
+    """Console entry point (fewstep-train)."""
+    check_override_keys("train", sys.argv[1:])
+    run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,73 @@
+"""Training batches as a resumable stream, identical however the global batch is split.
+
+Batch i of a run is a pure function of (seed, i): the global batch (per-device batch size x world
+size) is built once from a generator seeded by (seed, i) and each rank keeps its own slice. So
+- ranks see different data, and 2 processes with batch b see what 1 process with batch 2b sees;
+- a run resumed from a checkpoint at step s starts at batch s and sees exactly the batches an
+  uninterrupted run would have seen (Lightning checkpoints hold no data-loader position).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from distill.seeding import derived_seed
+
+
+class SlicedStream(IterableDataset):
+    """Endless batches {"tokens", "answer_mask"}; `global_batch(i, size)` -> (size, L) tokens of batch i."""
+
+    def __init__(self, global_batch: Callable[[int, int], Tensor], answer_mask: Tensor, batch_size: int,
+                 start: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.global_batch = global_batch
+        self.answer_mask = answer_mask
+        self.batch_size, self.start, self.rank, self.world_size = batch_size, start, rank, world_size
+
+    def __iter__(self):
+        if torch.utils.data.get_worker_info() is not None:
+            raise ValueError("training streams are built in the main process; keep the data loader's num_workers=0")
+        i = self.start
+        while True:
+            tokens = self.global_batch(i, self.batch_size * self.world_size)
+            tokens = tokens[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            yield {"tokens": tokens, "answer_mask": self.answer_mask.expand_as(tokens)}
+            i += 1
+
+
+def sampled_batches(sample: Callable[[int, torch.Generator], Tensor], seed: int) -> Callable[[int, int], Tensor]:
+    """Batch i drawn fresh from a source: `sample(size, generator seeded by (seed, i))`."""
+    return lambda i, size: sample(size, torch.Generator().manual_seed(derived_seed(seed, i)))
+
+
+def shuffled_batches(rows: Tensor, seed: int) -> Callable[[int, int], Tensor]:
+    """Batch i of a fixed set of rows: items [i*size, (i+1)*size) of the endless sequence of
+    per-epoch permutations (epoch e shuffled by (seed, e)), so every row is seen once per epoch."""
+    n = rows.shape[0]
+
+    def batch(i: int, size: int) -> Tensor:
+        positions = torch.arange(i * size, (i + 1) * size)
+        epochs, offsets = positions // n, positions % n
+        index = torch.empty(size, dtype=torch.long)
+        for epoch in epochs.unique().tolist():
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(derived_seed(seed, epoch)))
+            here = epochs == epoch
+            index[here] = perm[offsets[here]]
+        return rows[index]
+
+    return batch
+
+
+def train_loader(datamodule: L.LightningDataModule, global_batch: Callable[[int, int], Tensor],
+                 answer_mask: Tensor, batch_size: int) -> DataLoader:
+    """The stream positioned where the attached trainer is (0 without one), sliced for its rank."""
+    trainer = datamodule.trainer
+    start, rank, world = 0, 0, 1
+    if trainer is not None:
+        start = trainer.global_step * trainer.accumulate_grad_batches
+        rank, world = trainer.global_rank, trainer.world_size
+    return DataLoader(SlicedStream(global_batch, answer_mask, batch_size, start, rank, world), batch_size=None)

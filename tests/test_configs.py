@@ -51,7 +51,7 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
     if "teacher_path" in cfg.data:  # data the teacher generates (certainty forcing): built in test_certainty
         assert cfg.teacher._target_.endswith("saved_teacher") and hasattr(instantiate(cfg.student, _convert_="all"), "sample")
         return
-    if cfg.teacher and cfg.teacher._target_.endswith("hf_masked_lm"):  # a transformers teacher: a tiny one
+    if cfg.get("teacher") and cfg.teacher._target_.endswith("hf_masked_lm"):  # a transformers teacher: a tiny one
         from tests.hf_fixtures import qa_file, tiny_bert
 
         cfg.teacher.path = str(tiny_bert(tmp_path / "bert"))

@@ -83,9 +83,13 @@ def test_text_objectives_train_export_load_and_sample(hf, tmp_path, name, experi
 
 
 # --- certainty forcing on a prompt file ------------------------------------------------------------
-@pytest.mark.parametrize("name", ["bert", "diff"])
-@pytest.mark.parametrize("variant", ["lora_merged", "lora_adapter", "full"])
-def test_certainty_trains_exports_loads_and_evaluates(hf, tmp_path, name, variant):
+CERTAINTY_RUNS = [(name, variant, False) for variant in ("lora_merged", "lora_adapter", "full") for name in ("bert", "diff")]
+CERTAINTY_RUNS += [pytest.param("bert", "full", True, marks=pytest.mark.slow),  # + fewstep-eval: ~30 s each
+                   pytest.param("diff", "lora_adapter", True, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("name, variant, evaluate", CERTAINTY_RUNS)
+def test_certainty_trains_exports_loads_and_evaluates(hf, tmp_path, name, variant, evaluate):
     finetune = {"lora_merged": [f"student.lora.target_modules={LORA_TARGETS[name]}", "student.lora.r=2"],
                 "lora_adapter": [f"student.lora.target_modules={LORA_TARGETS[name]}", "student.lora.r=2",
                                  "objective.export_adapter=true"],
@@ -122,7 +126,7 @@ def test_certainty_trains_exports_loads_and_evaluates(hf, tmp_path, name, varian
     out = student.sample(teacher, prompt=canvas)
     assert not (out.tokens == teacher.mask_id).any() and (out.nfe_per_row <= 4).all() and (out.nfe_per_row >= 1).all()
     assert torch.equal(out.tokens[:, :8], canvas[:, :8])
-    if variant == "lora_merged":  # the same export path as "full" (denoiser/), evaluated there
+    if not evaluate:
         return
     # the interface: fewstep-eval with the teacher and the plain prompt data
     proc = run("fewstep-eval", *teacher_args(hf, name), "data=prompts_json", f"data.file={hf['qa']}", *QA,

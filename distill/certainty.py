@@ -26,7 +26,6 @@ from torch import Tensor, nn
 import students
 from distill.masked_diffusion import masked_ce
 from distill.report import markdown_table
-from distill.self_generated import decode_prompts
 from distill.student_objective import StudentObjective
 from students.entropy_threshold import block_index, tempered_entropy
 from students.lora import count_trainable
@@ -79,19 +78,29 @@ def certainty_loss(logits: Tensor, target: Tensor, mask: Tensor, beta: float, ta
 
 
 @torch.no_grad()
+def score_canvases(sampler, denoiser: nn.Module, canvases: Tensor, weights: Tensor, check, steps: int | None = None,
+                   generator: torch.Generator | None = None, batch_size: int = 512) -> tuple[float, float]:
+    """Weighted accuracy (by `check`) and mean NFE of `sampler` completing every canvas once (`steps`
+    defaults to one per masked position, the bound of the threshold decoder)."""
+    device = next(denoiser.parameters()).device
+    steps = steps or int((canvases == denoiser.mask_id).sum(-1).max())
+    tokens, nfe = [], []
+    for chunk in canvases.split(batch_size):
+        out = sampler.sample(denoiser, steps, prompt=chunk.to(device), generator=generator)
+        tokens.append(out.tokens.cpu())
+        per_row = out.nfe_per_row.cpu().double() if out.nfe_per_row is not None else torch.full((len(chunk),), float(out.nfe))
+        nfe.append(per_row.double())
+    weights = weights.double() / weights.double().sum()
+    ok = check(torch.cat(tokens)).double()
+    return float((weights * ok).sum()), float((weights * torch.cat(nfe)).sum())
+
+
 def score_pairs(sampler, denoiser: nn.Module, task, pairs: Tensor, steps: int | None = None,
                 generator: torch.Generator | None = None) -> tuple[float, float]:
-    """Exact prompt-weighted accuracy and mean NFE of `sampler` over every pair (each decoded once;
-    `steps` defaults to one per answer token, the bound of the threshold decoder)."""
-    n = task.config.answer_len
-    device = next(denoiser.parameters()).device
-    canvas = torch.cat([pairs, torch.full((len(pairs), n), denoiser.mask_id)], dim=1).to(device)
-    out = sampler.sample(denoiser, steps or n, prompt=canvas, generator=generator)
-    weights = task.prompt_weights(pairs).double()
-    weights = weights / weights.sum()
-    ok = task.check(out.tokens.cpu()).double()
-    nfe = out.nfe_per_row.cpu().double() if out.nfe_per_row is not None else torch.full_like(ok, float(out.nfe))
-    return float((weights * ok).sum()), float((weights * nfe).sum())
+    """Exact prompt-weighted accuracy and mean NFE of `sampler` over every `paths` pair (each decoded once)."""
+    canvas = torch.cat([pairs, torch.full((len(pairs), task.config.answer_len), denoiser.mask_id)], dim=1)
+    return score_canvases(sampler, denoiser, canvas, task.prompt_weights(pairs), task.check, steps, generator,
+                          batch_size=max(len(pairs), 1))
 
 
 class CertaintyObjective(StudentObjective):
@@ -103,13 +112,18 @@ class CertaintyObjective(StudentObjective):
         export_adapter: export the LoRA adapter alone (base = the teacher) instead of merged weights.
         thresholds: candidate decoding thresholds (nats) tried on the validation pairs after training.
         tolerance: accuracy the chosen threshold may lose against the teacher on validation.
+        decode_batch_size: prompts decoded at once when scoring validation (large models: small).
+
+    The data module provides `selection_canvases(mask_id)` (validation prompts, answers masked, and
+    their weights) and `check(tokens)`; its `sampler`, if it has one, is the teacher's reference decoding.
     """
 
     objective_name = "certainty"
 
     def __init__(self, student: nn.Module | dict, teacher: nn.Module, beta: float = 2.0, tau: float = 0.5,
                  block_size: int = 32, mask_ratio: tuple[float, float] = (0.0, 1.0), export_adapter: bool = False,
-                 thresholds: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5), tolerance: float = 0.005, **kwargs) -> None:
+                 thresholds: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5), tolerance: float = 0.005,
+                 decode_batch_size: int = 512, **kwargs) -> None:
         if not isinstance(student, nn.Module):
             student = OmegaConf.to_container(student, resolve=True) if OmegaConf.is_config(student) else dict(student)
             student = students.build(student)
@@ -129,6 +143,7 @@ class CertaintyObjective(StudentObjective):
         self.export_adapter = export_adapter
         self.thresholds = thresholds
         self.tolerance = tolerance
+        self.decode_batch_size = decode_batch_size
         self.trainable_parameters = count_trainable(self.student)
         self.selection: dict | None = None
 
@@ -141,12 +156,20 @@ class CertaintyObjective(StudentObjective):
         return out.loss, {"objective": out.loss.detach(), "ce": out.ce.detach(), "entropy": out.entropy.detach(),
                           "correct": out.correct.detach()}
 
+    def setup(self, stage: str) -> None:
+        """Answers padded with an end token (prompt files): the decoder stops at it unless told otherwise."""
+        end_id = getattr(self.trainer.datamodule, "end_id", None)
+        if self.student.eos_id is None and end_id is not None:
+            self.student.eos_id = int(end_id)
+
     def on_validation_epoch_end(self) -> None:
-        """The student's exact accuracy and NFE on the validation pairs at its current threshold."""
+        """The student's exact accuracy and NFE on the validation prompts at its current threshold."""
         if self.trainer.sanity_checking:
             return
         datamodule = self.trainer.datamodule
-        accuracy, nfe = score_pairs(self.student, self.teacher, datamodule.task, datamodule.pairs["val"])
+        canvases, weights = datamodule.selection_canvases(self.teacher.mask_id)
+        accuracy, nfe = score_canvases(self.student, self.teacher, canvases, weights, datamodule.check,
+                                       batch_size=self.decode_batch_size)
         self.log("val/accuracy", accuracy, prog_bar=True)
         self.log("val/nfe", nfe, prog_bar=True)
 
@@ -154,29 +177,32 @@ class CertaintyObjective(StudentObjective):
         self.select_threshold()
 
     def select_threshold(self) -> dict:
-        """Set the student's threshold to the cheapest candidate within `tolerance` of the teacher on validation."""
+        """Set the student's threshold to the cheapest candidate within `tolerance` of the teacher on validation
+        (the teacher decoding as it did to generate the data: argmax, one token per step)."""
         datamodule = self.trainer.datamodule
-        task, pairs = datamodule.task, datamodule.pairs["val"]
+        canvases, weights = datamodule.selection_canvases(self.teacher.mask_id)
         was_training = self.student.training
         self.student.eval()
-        reference = BlockwiseSampler(temperature=0.0, order="left_to_right")
-        n = task.config.answer_len
-        tokens, ok = decode_prompts(self.teacher, task, pairs, reference)
-        weights = task.prompt_weights(pairs).double()
-        teacher_accuracy = float((weights * ok.double()).sum() / weights.sum())
+        n = int((canvases == self.teacher.mask_id).sum(-1).max())
+        data_sampler = getattr(datamodule, "sampler", None)  # how the data were decoded, but always argmax here
+        reference = BlockwiseSampler(temperature=0.0, block_size=getattr(data_sampler, "block_size", 32),
+                                     order=getattr(data_sampler, "order", "left_to_right"))
+        teacher_accuracy, _ = score_canvases(reference, self.teacher, canvases, weights, datamodule.check, n,
+                                             batch_size=self.decode_batch_size)
         rows = [{"sampler": "teacher (argmax, 1 token/step)", "threshold": None, "accuracy": teacher_accuracy, "nfe": n}]
         for threshold in self.thresholds:
             self.student.threshold = threshold
-            accuracy, nfe = score_pairs(self.student, self.teacher, task, pairs)
+            accuracy, nfe = score_canvases(self.student, self.teacher, canvases, weights, datamodule.check,
+                                           batch_size=self.decode_batch_size)
             rows.append({"sampler": "student", "threshold": threshold, "accuracy": accuracy, "nfe": nfe})
         candidates = [r for r in rows[1:] if r["accuracy"] >= teacher_accuracy - self.tolerance]
         best = (min(candidates, key=lambda r: (r["nfe"], -r["accuracy"])) if candidates
                 else max(rows[1:], key=lambda r: (r["accuracy"], -r["nfe"])))
         self.student.threshold = best["threshold"]
         self.student.train(was_training)
-        self.selection = {"split": "val", "pairs": len(pairs), "tolerance": self.tolerance, "rows": rows,
+        self.selection = {"split": "val", "pairs": len(canvases), "tolerance": self.tolerance, "rows": rows,
                           "chosen": best["threshold"], "within_tolerance": bool(candidates)}
-        print(f"threshold chosen on {len(pairs)} validation pairs: {best['threshold']:g} "
+        print(f"threshold chosen on {len(canvases)} validation prompts: {best['threshold']:g} "
               f"({'within' if candidates else 'NOT within'} {self.tolerance:g} of the teacher's accuracy)")
         print(markdown_table(rows, ["sampler", "threshold", "accuracy", "nfe"]))
         return self.selection

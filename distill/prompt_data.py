@@ -83,21 +83,23 @@ class PromptsDataModule(L.LightningDataModule):
         prompt_len, answer_len: token budget of each part (longer prompts keep their end).
         checker: "last_number" (GSM8K) or "exact".
         val_fraction: rows held out for evaluation (never trained on).
+        trust_remote_code: passed to the tokenizer (LLaDA/Dream ship code; default ${teacher.trust_remote_code}).
     """
 
     def __init__(self, file: str, tokenizer: str, question_field: str = "question", answer_field: str = "answer",
                  prompt_len: int = 64, answer_len: int = 64, checker: str = "last_number", batch_size: int = 8,
-                 val_fraction: float = 0.1, seed: int = 0) -> None:
+                 val_fraction: float = 0.1, seed: int = 0, trust_remote_code: bool = False) -> None:
         super().__init__()
         if checker not in CHECKERS:
             raise ValueError(f"data.checker must be one of {sorted(CHECKERS)}, got {checker!r}")
         self.rows = read_rows(file, question_field, answer_field)
         self.file, self.tokenizer_path = os.path.abspath(file), tokenizer
-        self.tokenizer = load_tokenizer(tokenizer)
+        self.tokenizer = load_tokenizer(tokenizer, trust_remote_code)
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer at {tokenizer} has no pad token, needed to pad prompts and answers")
         self.question_field, self.answer_field, self.checker = question_field, answer_field, checker
         self.prompt_len, self.answer_len, self.batch_size, self.seed = prompt_len, answer_len, batch_size, seed
+        self.val_fraction = val_fraction
         self.tokens = torch.stack([self._layout(q, a) for q, a in self.rows])
         n_val = max(1, int(len(self.rows) * val_fraction))
         order = torch.randperm(len(self.rows), generator=torch.Generator().manual_seed(seed))
@@ -108,8 +110,7 @@ class PromptsDataModule(L.LightningDataModule):
         self.answer_mask = (torch.arange(prompt_len + answer_len) >= prompt_len)[None]
 
     def _layout(self, question: str, answer: str) -> Tensor:
-        pad = self.tokenizer.pad_token_id
-        end = next((i for i in (self.tokenizer.eos_token_id, self.tokenizer.sep_token_id) if i is not None), pad)
+        pad, end = self.tokenizer.pad_token_id, self.end_id
         q = self.tokenizer(question, add_special_tokens=False)["input_ids"][-self.prompt_len:]
         a = self.tokenizer(answer, add_special_tokens=False)["input_ids"][: self.answer_len]
         # answers end with end tokens (as LLaDA/Dream pad theirs with EOS), which samplers may draw
@@ -118,6 +119,30 @@ class PromptsDataModule(L.LightningDataModule):
     @property
     def vocab_size(self) -> int:
         return len(self.tokenizer)
+
+    @property
+    def end_id(self) -> int:
+        """The token answers are padded with (a decoder may stop at it)."""
+        return next(i for i in (self.tokenizer.eos_token_id, self.tokenizer.sep_token_id, self.tokenizer.pad_token_id)
+                    if i is not None)
+
+    def split_spec(self) -> dict:
+        """What fixes the held-out (evaluation) rows: a student trained on this file must be evaluated on them."""
+        return {"val_fraction": self.val_fraction, "split_seed": self.seed}
+
+    def references(self) -> dict[tuple, str]:
+        """Reference answer text of every row, keyed by the row's prompt tokens."""
+        return {tuple(t[: self.prompt_len].tolist()): a for t, (_, a) in zip(self.tokens, self.rows)}
+
+    def check(self, tokens: Tensor) -> Tensor:
+        """(K,) bool: the checked value of each decoded answer equals its reference's (rows of this file)."""
+        references, check = self.references(), CHECKERS[self.checker]
+        answers = self.tokenizer.batch_decode(tokens[:, self.prompt_len:].tolist(), skip_special_tokens=True)
+        ok = []
+        for prompt, answer in zip(tokens[:, : self.prompt_len].tolist(), answers):
+            expected = check(references[tuple(prompt)])
+            ok.append(expected is not None and check(answer) == expected)
+        return torch.tensor(ok, dtype=torch.bool)
 
     @property
     def seq_len(self) -> int:
@@ -132,7 +157,10 @@ class PromptsDataModule(L.LightningDataModule):
                             self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
-        tokens = self.tokens[self.val_index]
+        return self.rows_loader(self.tokens[self.val_index])
+
+    def rows_loader(self, tokens: Tensor) -> DataLoader:
+        """Fixed rows in order (validation)."""
         mask = self.answer_mask.expand_as(tokens)
         return DataLoader([{"tokens": t, "answer_mask": m} for t, m in zip(tokens, mask)], batch_size=self.batch_size)
 

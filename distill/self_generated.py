@@ -166,6 +166,15 @@ class SelfGeneratedDataModule(PathsDataModule):
                                  "correctly; nothing to distill")
         return self.data
 
+    def selection_canvases(self, mask_id: int) -> tuple[Tensor, Tensor]:
+        """The validation pairs with their answers masked (K, 2 + n), and their prompt weights (K,)."""
+        pairs = self.pairs["val"]
+        canvas = torch.cat([pairs, torch.full((len(pairs), self.task.config.answer_len), mask_id)], dim=1)
+        return canvas, self.task.prompt_weights(pairs)
+
+    def check(self, tokens: Tensor) -> Tensor:
+        return self.task.check(tokens)
+
     def prepare_data(self) -> None:
         self.load()
 

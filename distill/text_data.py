@@ -22,12 +22,14 @@ from distill.streams import shuffled_batches, train_loader
 BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    """The teacher's tokenizer; a model that ships its own code (LLaDA, Dream) needs trust_remote_code to
+    read its config (default in the data configs: ${teacher.trust_remote_code})."""
     from transformers import AutoTokenizer
 
     if path is None or path == "???":
         raise ValueError("data.tokenizer is not set: give the teacher's path (the default is ${teacher.path})")
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def pack_blocks(token_lists: list[list[int]], seq_len: int) -> Tensor:
@@ -49,11 +51,12 @@ class TextDataModule(L.LightningDataModule):
         seq_len: tokens per block (the canvas length samplers generate).
         text_field: the column holding text in json/parquet/csv files.
         val_blocks: blocks held out for validation and the true-data row.
+        trust_remote_code: passed to the tokenizer (LLaDA/Dream ship code; default ${teacher.trust_remote_code}).
     """
 
     def __init__(self, files: list[str] | None = None, tokenizer: str | None = None, seq_len: int = 128,
                  batch_size: int = 32, text_field: str = "text", val_blocks: int = 64, hub_name: str | None = None,
-                 hub_config: str | None = None, seed: int = 0) -> None:
+                 hub_config: str | None = None, seed: int = 0, trust_remote_code: bool = False) -> None:
         super().__init__()
         if not files and not hub_name:
             raise ValueError('data=text_files needs "data.files=[a.txt,...]" (or data.hub_name=NAME)')
@@ -68,7 +71,7 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(f"data.seq_len must be >= 2, got {seq_len}")
         self.files, self.hub_name, self.hub_config = files, hub_name, hub_config
         self.tokenizer_path = tokenizer
-        self.tokenizer = load_tokenizer(tokenizer)
+        self.tokenizer = load_tokenizer(tokenizer, trust_remote_code)
         self._seq_len, self.batch_size, self.text_field = seq_len, batch_size, text_field
         self.val_blocks, self.seed = val_blocks, seed
         self.answer_mask = torch.ones(1, seq_len, dtype=torch.bool)

@@ -52,6 +52,8 @@ def run(cfg: DictConfig) -> None:
         runtime["method"] = HydraConfig.get().runtime.choices.get("student") or "student"
     if cfg.get("teacher"):
         runtime["teacher"] = instantiate(cfg.teacher, datamodule=datamodule)
+        if hasattr(datamodule, "use_teacher"):  # data the teacher generates (certainty forcing on prompt files)
+            datamodule.use_teacher(runtime["teacher"])
     objective = instantiate(cfg.objective, **runtime, _convert_="all")  # primitive hparams: weights_only loads
     choices = HydraConfig.get().runtime.choices
     if isinstance(objective, StudentObjective):

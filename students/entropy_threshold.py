@@ -11,11 +11,15 @@ tokens per forward pass; an unsure one falls back to one token per step.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from students.lora import adapter_state, add_lora, check_lora, load_adapter_state, merge_lora
+from students.lora import adapter_state, check_lora, load_adapter_state
+from students.own_denoiser import (attach_lora, copy_denoiser, denoiser_spec, is_hf_spec, lora_network,
+                                   merged_denoiser)
 from teachers.sampling import SampleOutput, draw_tokens, make_canvas
 from teachers.transformer import TransformerDenoiser
 
@@ -32,16 +36,6 @@ def block_index(start_mask: Tensor, block_size: int) -> Tensor:
     return torch.where(start_mask, rank // block_size, -1)
 
 
-def copy_denoiser(denoiser: nn.Module) -> TransformerDenoiser:
-    """A fresh trainable TransformerDenoiser with `denoiser`'s architecture and weights."""
-    if not hasattr(denoiser, "config") or not isinstance(denoiser.config, dict):
-        raise ValueError(f"certainty forcing fine-tunes a copy of the teacher, which needs a TransformerDenoiser "
-                         f"(got {type(denoiser).__name__}); use teacher=saved teacher.path=DIR")
-    model = TransformerDenoiser(**denoiser.config)
-    model.load_state_dict(denoiser.state_dict())
-    return model.to(next(denoiser.parameters()).device)
-
-
 class EntropyThresholdSampler(nn.Module):
     """Args:
         threshold: entropy (nats) below which a masked position of the current block is committed.
@@ -50,8 +44,9 @@ class EntropyThresholdSampler(nn.Module):
             (the entropy that decides *where* to commit is always that of softmax(logits)).
         eos_id: end token; committing it fills every masked position after it with it (the answer
             stops there). None: no end token (fixed-length answers, as in `paths`).
-        denoiser: architecture (TransformerDenoiser config) of the sampler's own denoiser, or None to
-            decode with the denoiser passed to `sample` (e.g. the undistilled teacher).
+        denoiser: the sampler's own denoiser: a TransformerDenoiser config, or a transformers adapter
+            spec (its weights live in the export's `denoiser/` directory, see students/own_denoiser.py),
+            or None to decode with the denoiser passed to `sample` (e.g. the undistilled teacher).
         lora: {r, alpha, dropout, target_modules}: the own denoiser carries LoRA adapters (PEFT).
         adapter_only: only the adapter tensors are saved; the base weights are the teacher's, taken
             from the denoiser passed to `sample` (checked against `teacher_ref` when loaded).
@@ -87,9 +82,9 @@ class EntropyThresholdSampler(nn.Module):
         self.adapter_only = bool(adapter_only)
         self.adapter_tensors: dict[str, Tensor] | None = None  # adapter_only, until bound to a teacher
         self.denoiser: nn.Module | None = None
-        if denoiser is not None and not adapter_only:
+        if denoiser is not None and not adapter_only and not is_hf_spec(self.denoiser_config):
             model = TransformerDenoiser(**self.denoiser_config)
-            self.denoiser = add_lora(model, self.lora) if self.lora else model
+            self.denoiser = attach_lora(model, self.lora) if self.lora else model
 
     @property
     def config(self) -> dict:
@@ -100,9 +95,9 @@ class EntropyThresholdSampler(nn.Module):
     # --- the student's own denoiser ------------------------------------------------------------
     def init_denoiser(self, teacher: nn.Module) -> None:
         """Start the own denoiser as a copy of `teacher`: LoRA adapters (if `lora`) or all weights trainable."""
-        model = copy_denoiser(teacher).train()
-        self.denoiser_config = dict(model.config)
-        self.denoiser = add_lora(model, self.lora) if self.lora else model.requires_grad_(True)
+        model = copy_denoiser(teacher, float32=self.lora is None)
+        self.denoiser_config = denoiser_spec(model)
+        self.denoiser = attach_lora(model, self.lora) if self.lora else model.requires_grad_(True)
 
     def network(self, denoiser: nn.Module) -> nn.Module:
         """What `sample` calls: the own denoiser, else `denoiser` (binding an adapter-only export to it)."""
@@ -114,21 +109,27 @@ class EntropyThresholdSampler(nn.Module):
             if ref.get("sha256") and actual != ref["sha256"]:
                 raise ValueError(f"this adapter was trained on the teacher with SHA-256 {ref['sha256'][:12]}..., "
                                  f"but the denoiser given has {str(actual)[:12]}...; pass that teacher")
-            model = add_lora(copy_denoiser(denoiser), self.lora)
+            model = attach_lora(copy_denoiser(denoiser), self.lora)
             if self.adapter_tensors is not None:
-                load_adapter_state(model, self.adapter_tensors)
+                load_adapter_state(lora_network(model), self.adapter_tensors)
             self.denoiser = model.eval().requires_grad_(False)
             return self.denoiser
+        if is_hf_spec(self.denoiser_config):
+            raise ValueError("this student's transformers denoiser is not loaded: load the export with students.load(DIR)")
         return denoiser
 
     def merged(self) -> "EntropyThresholdSampler":
-        """A standalone copy whose denoiser has the LoRA adapters merged into its weights."""
+        """A standalone copy whose denoiser has the LoRA adapters merged into its weights (transformers
+        students: the trained denoiser itself when there are no adapters; it is saved, not copied)."""
         if self.denoiser is None:
             raise ValueError("nothing to merge: this sampler has no denoiser of its own (bind it with sample() first)")
         out = EntropyThresholdSampler(self.threshold, self.block_size, self.temperature, self.eos_id,
                                       denoiser=self.denoiser_config)
-        plain = merge_lora(self.denoiser) if self.lora else self.denoiser
-        out.denoiser.load_state_dict(plain.state_dict())
+        plain = merged_denoiser(self.denoiser) if self.lora else self.denoiser
+        if is_hf_spec(self.denoiser_config):
+            out.denoiser = plain
+        else:
+            out.denoiser.load_state_dict(plain.state_dict())
         return out.to(next(plain.parameters()).device).eval()
 
     def adapter(self) -> "EntropyThresholdSampler":
@@ -137,20 +138,38 @@ class EntropyThresholdSampler(nn.Module):
             raise ValueError("adapter-only export needs a LoRA student (student.lora set) that has a denoiser")
         out = EntropyThresholdSampler(self.threshold, self.block_size, self.temperature, self.eos_id,
                                       denoiser=self.denoiser_config, lora=self.lora, adapter_only=True)
-        out.adapter_tensors = {k: v.detach().cpu().clone() for k, v in adapter_state(self.denoiser).items()}
+        state = adapter_state(lora_network(self.denoiser))
+        out.adapter_tensors = {k: v.detach().cpu().clone() for k, v in state.items()}
         return out
 
     def export_state(self) -> dict[str, Tensor]:
-        """The tensors an export stores: the adapter's alone (adapter_only) or the whole state."""
+        """The tensors an export's model.safetensors stores: the adapter's alone (adapter_only), none for
+        a transformers denoiser (saved in `denoiser/` by `save_files`), else the whole state."""
         if self.adapter_only:
-            return adapter_state(self.denoiser) if self.denoiser is not None else dict(self.adapter_tensors or {})
+            return adapter_state(lora_network(self.denoiser)) if self.denoiser is not None else dict(self.adapter_tensors or {})
+        if is_hf_spec(self.denoiser_config):
+            return {}
         return self.state_dict()
 
     def load_export_state(self, state: dict[str, Tensor]) -> None:
         if self.adapter_only:
             self.adapter_tensors = dict(state)
-        else:
+        elif not is_hf_spec(self.denoiser_config):
             self.load_state_dict(state)
+
+    def save_files(self, path) -> list[str]:
+        """Write what does not fit model.safetensors (a transformers denoiser) under `path`; returns the
+        directories written, whose digests the export records."""
+        if is_hf_spec(self.denoiser_config) and not self.adapter_only:
+            self.denoiser.save(os.path.join(path, "denoiser"))
+            return ["denoiser"]
+        return []
+
+    def load_files(self, path) -> None:
+        if is_hf_spec(self.denoiser_config) and not self.adapter_only:
+            from teachers.hf import load_hf_denoiser
+
+            self.denoiser = load_hf_denoiser(os.path.join(path, "denoiser"), self.denoiser_config)
 
     # --- decoding ------------------------------------------------------------------------------
     def default_steps(self, generated: int) -> list[int]:

@@ -2,6 +2,9 @@
 
     DIR/model.safetensors   the student's trained tensors (never the teacher's; a certainty-forced
                             student stores its fine-tuned denoiser, or its LoRA adapter alone)
+    DIR/denoiser/           a fine-tuned transformers denoiser (merged LoRA or full weights), written
+                            with save_pretrained: loadable by transformers as it is; its files' SHA-256
+                            digest is recorded in sampler.json ("files") and checked on load
     DIR/sampler.json        format, class and constructor config, the teacher it was distilled from
                             (kind, data, and for saved teachers path + SHA-256), SHA-256 of the weights
     DIR/config.yaml         the resolved training config (optional)
@@ -51,12 +54,14 @@ def save_student(
         state = student.export_state() if hasattr(student, "export_state") else student.state_dict()
         weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(weights, tmp / "model.safetensors")
+        written = student.save_files(tmp) if hasattr(student, "save_files") else []
         meta = {
             "format": FORMAT,
             "class": type(student).__name__,
             "config": student.config,
             "teacher": teacher,
             "sha256": sha256_file(tmp / "model.safetensors"),
+            **({"files": {name: sha256_dir(tmp / name) for name in written}} if written else {}),
             **(extra or {}),
         }
         (tmp / "sampler.json").write_text(json.dumps(meta, indent=2))
@@ -69,6 +74,17 @@ def save_student(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def sha256_dir(path: str | os.PathLike) -> str:
+    """SHA-256 over every file under `path` (relative names and contents, in sorted order)."""
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f.relative_to(path).as_posix().encode() + sha256_file(f).encode())
+    return digest.hexdigest()
 
 
 def read_student_meta(path: str | os.PathLike) -> dict:
@@ -96,6 +112,10 @@ def load_student(path: str | os.PathLike, registry: dict[str, Callable[..., nn.M
     if sha256_file(weights_file) != meta.get("sha256"):
         raise ValueError(f"{weights_file} does not match the SHA-256 recorded in sampler.json (truncated or "
                          "modified); export the student again from its checkpoint with fewstep-export")
+    for name, digest in (meta.get("files") or {}).items():
+        if not (path / name).is_dir() or sha256_dir(path / name) != digest:
+            raise ValueError(f"{path / name} is missing or does not match the SHA-256 recorded in sampler.json "
+                             "(incomplete or modified); export the student again")
     try:
         state = load_file(weights_file)
     except SafetensorError as err:
@@ -105,6 +125,8 @@ def load_student(path: str | os.PathLike, registry: dict[str, Callable[..., nn.M
         student.load_export_state(state)
     else:
         student.load_state_dict(state)
+    if hasattr(student, "load_files"):  # e.g. a transformers denoiser saved beside model.safetensors
+        student.load_files(path)
     student.teacher_ref = meta["teacher"]
     student.prompt_split = meta.get("prompt_split")  # the prompts it was trained on, if it records them
     student.method = meta.get("method", meta["class"])

@@ -19,8 +19,9 @@ def check_lora(spec: dict) -> dict:
     spec = {"r": 8, "alpha": 16.0, "dropout": 0.0, "target_modules": ["qkv", "proj", "mlp.0", "mlp.2"], **spec}
     if int(spec["r"]) < 1:
         raise ValueError(f"student.lora.r must be >= 1, got {spec['r']}")
+    targets = spec["target_modules"]  # module names, or one string PEFT understands, e.g. "all-linear"
     return {"r": int(spec["r"]), "alpha": float(spec["alpha"]), "dropout": float(spec["dropout"]),
-            "target_modules": list(spec["target_modules"])}
+            "target_modules": targets if isinstance(targets, str) else list(targets)}
 
 
 def add_lora(denoiser: nn.Module, spec: dict) -> nn.Module:

@@ -13,6 +13,7 @@ right so position i scores token i, as every sampler here expects.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
@@ -50,11 +51,12 @@ def _lm_head(model: nn.Module):
 
 class _HFDenoiser(nn.Module):
     def __init__(self, model: nn.Module, tokenizer, path: str, mask_id: int | None, suppress_special: bool,
-                 shift_logits: bool) -> None:
+                 shift_logits: bool, dtype: str = "float32", trust_remote_code: bool = False, digest: bool = True) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.path = str(path)
+        self.dtype_name, self.trust_remote_code, self.suppress_special = dtype, trust_remote_code, suppress_special
         self.mask_id = _mask_id(tokenizer, model.config, mask_id, path)
         self.vocab_size = int(model.config.vocab_size)
         self.seq_len = None
@@ -66,7 +68,34 @@ class _HFDenoiser(nn.Module):
         special = sorted(special)
         self.register_buffer("special_ids", torch.tensor(special if suppress_special else [], dtype=torch.long),
                              persistent=False)
-        self.sha256 = _weights_digest(path)
+        self.sha256 = _weights_digest(path) if digest else None
+
+    def spec(self) -> dict:
+        """How to rebuild this adapter around a saved copy of its model (what a student export records)."""
+        return {"class": type(self).__name__, "dtype": self.dtype_name, "mask_id": self.mask_id,
+                "suppress_special": self.suppress_special, "trust_remote_code": self.trust_remote_code,
+                "shift_logits": self.shift_logits}
+
+    def with_model(self, model: nn.Module) -> "_HFDenoiser":
+        """This adapter (tokenizer, mask id, logit handling) around another model of the same architecture."""
+        new = type(self).__new__(type(self))
+        _HFDenoiser.__init__(new, model, self.tokenizer, self.path, self.mask_id, self.suppress_special,
+                             self.shift_logits, self.dtype_name, self.trust_remote_code, digest=False)
+        return new.to(next(model.parameters()).device)  # the special-id buffer follows the model
+
+    def trainable_copy(self, float32: bool = False) -> "_HFDenoiser":
+        """A copy with its own weights (trainable, train mode; float32 master weights if asked): the start
+        of a fine-tuned student. It has no SHA-256: its weights are about to change."""
+        model = copy.deepcopy(self.model)
+        new = self.with_model(model.float() if float32 else model)
+        new.model.train().requires_grad_(True)
+        return new
+
+    def save(self, path: str | os.PathLike) -> None:
+        """save_pretrained of the model (one safetensors file, the model's own code if it ships any) and
+        the tokenizer: a directory transformers loads as it is, and `load_hf_denoiser` rebuilds from."""
+        self.model.save_pretrained(path, safe_serialization=True, max_shard_size="1000GB")
+        self.tokenizer.save_pretrained(path)
 
     def _finish(self, logits: Tensor) -> Tensor:
         logits = logits[..., : self.vocab_size].float()
@@ -127,7 +156,7 @@ class HFMaskedLM(_HFDenoiser):
 
         tokenizer = _tokenizer(path, trust_remote_code)
         model = AutoModelForMaskedLM.from_pretrained(path, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
-        super().__init__(model, tokenizer, path, mask_id, suppress_special, shift_logits=False)
+        super().__init__(model, tokenizer, path, mask_id, suppress_special, False, dtype, trust_remote_code)
 
 
 class HFDiffusionLM(_HFDenoiser):
@@ -147,4 +176,18 @@ class HFDiffusionLM(_HFDenoiser):
         AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)  # fails early on a bad config
         tokenizer = _tokenizer(path, trust_remote_code)
         model = AutoModel.from_pretrained(path, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
-        super().__init__(model, tokenizer, path, mask_id, suppress_special, shift_logits)
+        super().__init__(model, tokenizer, path, mask_id, suppress_special, shift_logits, dtype, trust_remote_code)
+
+
+ADAPTERS = {"HFMaskedLM": HFMaskedLM, "HFDiffusionLM": HFDiffusionLM}
+
+
+def load_hf_denoiser(path: str | os.PathLike, spec: dict) -> _HFDenoiser:
+    """The adapter `spec` (from `_HFDenoiser.spec`) around the model saved at `path`."""
+    spec = dict(spec)
+    cls = ADAPTERS.get(spec.pop("class", None))
+    if cls is None:
+        raise ValueError(f"unknown transformers adapter in {spec}; known: {sorted(ADAPTERS)}")
+    if cls is HFMaskedLM:
+        spec.pop("shift_logits", None)
+    return cls(str(path), **spec)

@@ -23,6 +23,8 @@ class TinyDiffConfig(PretrainedConfig):
 '''
 
 MODEL_CODE = '''
+import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
@@ -30,15 +32,36 @@ from transformers.modeling_outputs import MaskedLMOutput
 from .configuration_tinydiff import TinyDiffConfig
 
 
+class TinyDiffLayer(nn.Module):
+    """Bidirectional attention and an MLP, with LLaDA/Dream-style projection names (q_proj, ..., down_proj)."""
+
+    def __init__(self, hidden, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.q_proj, self.k_proj = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.v_proj, self.o_proj = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.up_proj, self.down_proj = nn.Linear(hidden, 2 * hidden), nn.Linear(2 * hidden, hidden)
+
+    def forward(self, x):
+        B, L, H = x.shape
+        y = self.norm1(x)
+        q, k, v = (p(y).view(B, L, self.heads, H // self.heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        x = x + self.o_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, H))
+        return x + self.down_proj(F.gelu(self.up_proj(self.norm2(x))))
+
+
 class TinyDiffModel(PreTrainedModel):
-    """A LLaDA/Dream-like bidirectional denoiser: embeddings, one encoder layer, an LM head."""
+    """A LLaDA/Dream-like bidirectional denoiser: embeddings, one layer, a final norm, an LM head."""
 
     config_class = TinyDiffConfig
 
     def __init__(self, config):
         super().__init__(config)
         self.wte = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.mix = nn.TransformerEncoderLayer(config.hidden_size, 2, 32, dropout=0.0, batch_first=True)
+        self.wpe = nn.Embedding(64, config.hidden_size)
+        self.layer = TinyDiffLayer(config.hidden_size, 2)
+        self.ln_f = nn.LayerNorm(config.hidden_size)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size)
         self.post_init()
 
@@ -49,8 +72,8 @@ class TinyDiffModel(PreTrainedModel):
         return self.lm_head
 
     def forward(self, input_ids, output_hidden_states=False, **kwargs):
-        first = self.wte(input_ids)
-        last = self.mix(first)
+        first = self.wte(input_ids) + self.wpe(torch.arange(input_ids.shape[1], device=input_ids.device))
+        last = self.ln_f(self.layer(first))
         return MaskedLMOutput(logits=self.lm_head(last), hidden_states=(first, last) if output_hidden_states else None)
 '''
 
@@ -126,4 +149,49 @@ def tiny_diffusion_lm(path: Path, with_mask: bool = True, seed: int = 0) -> Path
 def corpus(path: Path, lines: int = 300, seed: int = 0) -> Path:
     rng = random.Random(seed)
     path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 12))) for _ in range(lines)))
+    return path
+
+
+def qa_file(path: Path, rows: int = 40, seed: int = 0) -> Path:
+    """Questions of words whose answer is the last word repeated (checkable, exact)."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(rows):
+        q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))
+        lines.append(json.dumps({"q": q, "a": q.split()[-1] + " " + q.split()[-1]}))
+    path.write_text("\n".join(lines))
+    return path
+
+
+def fit_on_prompts(path: Path, file: Path, prompt_len: int = 8, answer_len: int = 4, steps: int = 60, lr: float = 2e-2,
+                   seed: int = 0) -> Path:
+    """Train the saved model at `path` a little on `file`'s answers (random masks of the answer span), so
+    that its own answers are right on part of the prompts; saved back in place."""
+    import torch
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    from distill.prompt_data import PromptsDataModule
+
+    remote = (path / "modeling_tinydiff.py").is_file()
+    auto = AutoModel if remote else AutoModelForMaskedLM
+    model = auto.from_pretrained(path, trust_remote_code=remote).train()
+    data = PromptsDataModule(str(file), str(path), question_field="q", answer_field="a", prompt_len=prompt_len,
+                             answer_len=answer_len, checker="exact", trust_remote_code=remote)
+    mask_id = data.tokenizer.mask_token_id
+    tokens = data.tokens
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: more threads only spin on a shared 2-core machine
+    try:
+        for _ in range(steps):
+            masked = (torch.rand(tokens.shape, generator=gen) < 0.7) & data.answer_mask
+            logits = model(input_ids=torch.where(masked, mask_id, tokens)).logits
+            loss = torch.nn.functional.cross_entropy(logits[masked], tokens[masked])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.save_pretrained(path)
     return path

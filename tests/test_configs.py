@@ -51,6 +51,12 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
     if "teacher_path" in cfg.data:  # data the teacher generates (certainty forcing): built in test_certainty
         assert cfg.teacher._target_.endswith("saved_teacher") and hasattr(instantiate(cfg.student, _convert_="all"), "sample")
         return
+    if cfg.get("teacher") and cfg.teacher._target_.endswith("hf_masked_lm"):  # a transformers teacher: a tiny one
+        from tests.hf_fixtures import qa_file, tiny_bert
+
+        cfg.teacher.path = str(tiny_bert(tmp_path / "bert"))
+        cfg.data.file = str(qa_file(tmp_path / "qa.jsonl"))
+        cfg.data.question_field, cfg.data.answer_field = "q", "a"
     datamodule = instantiate(cfg.data)
     runtime = {"vocab_size": datamodule.vocab_size, "seq_len": datamodule.seq_len, "data_spec": datamodule.spec()}
     if cfg.get("teacher"):
@@ -68,12 +74,41 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
     assert cfg.trainer.max_steps > 0 and cfg.eval.after_training
 
 
+GPU_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith(("llada_", "dream_"))]
+HIDDEN_SIZE = {"llada": 4096, "dream": 3584}  # LLaDA-8B-Instruct, Dream-v0-Instruct-7B (their config.json)
+OBJECTIVES = {"certainty": "distill.certainty.CertaintyObjective", "joint_head": "distill.joint_head.JointHeadObjective",
+              "lsd_joint": "distill.lsd.LSDObjective"}
+
+
+@pytest.mark.parametrize("experiment", GPU_EXPERIMENTS)
+def test_gpu_experiments_compose_for_each_objective(experiment, tmp_path):
+    """Compose-only (no GPU here): bf16 teacher with its own code, bf16-mixed DDP, the objective's student builds."""
+    model, objective = experiment.split("_", 1)
+    cfg = compose_cfg("train", [f"experiment={experiment}", "data.file=gsm8k_train.jsonl"], tmp_path)
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.precision == "bf16-mixed" and cfg.trainer.accelerator == "gpu"
+    assert cfg.teacher.dtype == "bfloat16" and cfg.teacher.trust_remote_code and cfg.teacher.shift_logits == (model == "dream")
+    assert cfg.data.tokenizer == cfg.teacher.path and cfg.data.trust_remote_code is True
+    assert cfg.objective._target_ == OBJECTIVES[objective]
+    student = instantiate(cfg.student, _convert_="all")
+    assert hasattr(student, "sample")
+    if objective == "certainty":
+        assert cfg.data._target_.endswith("SelfGeneratedPromptsDataModule") and cfg.data.block_size == cfg.student.block_size
+        assert student.lora["r"] == 128 and "q_proj" in student.lora["target_modules"]
+        assert cfg.objective.beta == (2.0 if model == "llada" else 1.0)
+    if objective == "joint_head":
+        assert HIDDEN_SIZE[model] % cfg.student.n_head == 0 and cfg.data.answer_len % cfg.student.tokens_per_forward == 0
+
+
 @pytest.mark.parametrize("option", sorted(p.stem for p in (Path(CONF_DIR) / "data").glob("*.yaml")))
 def test_every_data_option_instantiates(option, tmp_path):
     overrides = []
+    if option == "prompts_self_generated":  # needs the teacher's answers: built in test_hf_objectives
+        cfg = compose_cfg("eval", [f"data={option}", "teacher=hf_masked_lm", "teacher.path=BERT", "data.file=x"], tmp_path)
+        assert cfg.data._target_.endswith("SelfGeneratedPromptsDataModule") and cfg.data.tokenizer == "BERT"
+        return
     if option in ("text_files", "prompts_json"):  # transformers data: a tiny model's tokenizer and files
         from tests.hf_fixtures import corpus, tiny_bert
-        from tests.test_hf import qa_file
+        from tests.hf_fixtures import qa_file
 
         overrides = ["teacher=hf_masked_lm", f"teacher.path={tiny_bert(tmp_path / 'bert')}"]
         if option == "text_files":

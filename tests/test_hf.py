@@ -18,7 +18,7 @@ from distill.text_data import TextDataModule, pack_blocks
 from teachers import AncestralSampler
 from teachers.hf import HFDiffusionLM, HFMaskedLM
 
-from tests.hf_fixtures import corpus, tiny_bert, tiny_diffusion_lm, tiny_gpt2, word_tokenizer
+from tests.hf_fixtures import corpus, qa_file, tiny_bert, tiny_diffusion_lm, tiny_gpt2, word_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -147,21 +147,6 @@ def test_reference_sampler_never_draws_special_tokens(models):
     model = HFMaskedLM(str(models["bert"]))
     out = AncestralSampler().sample(model, 4, batch_size=8, seq_len=12, generator=torch.Generator().manual_seed(0))
     assert not torch.isin(out.tokens, torch.tensor([0, 1, 2, 4])).any()
-
-
-def qa_file(path: Path, rows: int = 40) -> Path:
-    """Questions of words whose answer is the last word repeated (checkable, exact)."""
-    import random
-
-    from tests.hf_fixtures import WORDS
-
-    rng = random.Random(0)
-    lines = []
-    for _ in range(rows):
-        q = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6)))
-        lines.append(json.dumps({"q": q, "a": q.split()[-1] + " " + q.split()[-1]}))
-    path.write_text("\n".join(lines))
-    return path
 
 
 def test_last_number_checker():

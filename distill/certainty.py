@@ -11,8 +11,10 @@ exactly once per pair. Loss on the masked tokens of the block:
       correctly (argmax == answer): confidence is forced only where it is right.
 
 After training the decoding threshold is chosen on the validation pairs (never the test pairs): the
-largest candidate, so the fewest forward passes, whose accuracy stays within `tolerance` of the
-teacher's one-token-per-step argmax decoding on the same prompts.
+largest candidate such that it and every smaller candidate stay within `tolerance` of the teacher's
+one-token-per-step argmax decoding on the same prompts (`choose_threshold`). With
+`select_checkpoint`, every validation also runs that choice and the student keeps the weights of the
+validation whose chosen threshold needs the fewest forward passes.
 """
 
 from __future__ import annotations
@@ -94,6 +96,26 @@ def score_pairs(sampler, denoiser: nn.Module, task, pairs: Tensor, steps: int | 
     return float((weights * ok).sum()), float((weights * nfe).sum())
 
 
+def choose_threshold(rows: list[dict], reference: float, tolerance: float) -> tuple[dict, bool]:
+    """The row to decode with, from rows {threshold, accuracy, nfe} of one sweep, and whether it is
+    within `tolerance` of the `reference` accuracy.
+
+    Walks the thresholds upward and stops at the first one that falls out of tolerance: the chosen row
+    is the last one before it. A failure at a small threshold is read as a warning for the larger
+    ones, not as noise to skip past. If even the smallest fails: the most accurate row (fewest NFE on
+    ties).
+    """
+    rows = sorted(rows, key=lambda r: r["threshold"])
+    chosen = None
+    for row in rows:
+        if row["accuracy"] < reference - tolerance - 1e-12:
+            break
+        chosen = row
+    if chosen is not None:
+        return chosen, True
+    return max(rows, key=lambda r: (r["accuracy"], -r["nfe"])), False
+
+
 class CertaintyObjective(StudentObjective):
     """Args (besides StudentObjective's):
         beta: weight of the certainty (entropy) term.
@@ -103,13 +125,17 @@ class CertaintyObjective(StudentObjective):
         export_adapter: export the LoRA adapter alone (base = the teacher) instead of merged weights.
         thresholds: candidate decoding thresholds (nats) tried on the validation pairs after training.
         tolerance: accuracy the chosen threshold may lose against the teacher on validation.
+        select_checkpoint: choose the threshold at every validation as well and keep the weights whose
+            chosen threshold needs the fewest forward passes on validation (the step count chosen on
+            validation); False: the weights of the last step.
     """
 
     objective_name = "certainty"
 
     def __init__(self, student: nn.Module | dict, teacher: nn.Module, beta: float = 2.0, tau: float = 0.5,
                  block_size: int = 32, mask_ratio: tuple[float, float] = (0.0, 1.0), export_adapter: bool = False,
-                 thresholds: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5), tolerance: float = 0.005, **kwargs) -> None:
+                 thresholds: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5), tolerance: float = 0.005,
+                 select_checkpoint: bool = False, **kwargs) -> None:
         if not isinstance(student, nn.Module):
             student = OmegaConf.to_container(student, resolve=True) if OmegaConf.is_config(student) else dict(student)
             student = students.build(student)
@@ -123,14 +149,19 @@ class CertaintyObjective(StudentObjective):
             raise ValueError("objective.export_adapter needs a LoRA student; full-weight students export their weights")
         thresholds = sorted(float(t) for t in thresholds)
         super().__init__(student, teacher, beta=beta, tau=tau, block_size=block_size, mask_ratio=[lo, hi],
-                         export_adapter=export_adapter, thresholds=thresholds, tolerance=tolerance, **kwargs)
+                         export_adapter=export_adapter, thresholds=thresholds, tolerance=tolerance,
+                         select_checkpoint=select_checkpoint, **kwargs)
         self.beta, self.tau, self.block_size = beta, tau, block_size
         self.mask_ratio = (lo, hi)
         self.export_adapter = export_adapter
         self.thresholds = thresholds
         self.tolerance = tolerance
         self.trainable_parameters = count_trainable(self.student)
+        self.select_checkpoint = select_checkpoint
         self.selection: dict | None = None
+        self.teacher_val_accuracy: float | None = None
+        self.checkpoints: list[dict] = []
+        self.best_state: tuple[dict, dict] | None = None  # (student state, its checkpoints entry)
 
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         tokens, mask_id = batch["tokens"], self.teacher.mask_id
@@ -142,42 +173,82 @@ class CertaintyObjective(StudentObjective):
                           "correct": out.correct.detach()}
 
     def on_validation_epoch_end(self) -> None:
-        """The student's exact accuracy and NFE on the validation pairs at its current threshold."""
+        """The student's exact accuracy and NFE on the validation pairs at its current threshold; with
+        `select_checkpoint`, the threshold choice too, keeping the weights whose choice is cheapest."""
         if self.trainer.sanity_checking:
             return
         datamodule = self.trainer.datamodule
         accuracy, nfe = score_pairs(self.student, self.teacher, datamodule.task, datamodule.pairs["val"])
         self.log("val/accuracy", accuracy, prog_bar=True)
         self.log("val/nfe", nfe, prog_bar=True)
+        if not self.select_checkpoint:
+            return
+        threshold = self.student.threshold
+        teacher_accuracy, rows = self.validation_sweep()
+        best, within = choose_threshold(rows[1:], teacher_accuracy, self.tolerance)
+        self.student.threshold = threshold
+        self.log("val/chosen_threshold", best["threshold"])
+        self.log("val/chosen_nfe", best["nfe"])
+        self.keep_if_cheapest({"step": int(self.global_step), "threshold": best["threshold"],
+                               "accuracy": best["accuracy"], "nfe": best["nfe"], "within_tolerance": within})
+
+    def keep_if_cheapest(self, entry: dict) -> None:
+        """Record one validation's choice; keep a copy of the weights if it is within tolerance and
+        needs fewer forward passes than every earlier one (ties keep the earlier, less trained weights)."""
+        self.checkpoints.append(entry)
+        if entry["within_tolerance"] and (self.best_state is None or entry["nfe"] < self.best_state[1]["nfe"]):
+            state = {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()}
+            self.best_state = (state, entry)
+
+    def restore_cheapest(self) -> None:
+        """Load the weights `keep_if_cheapest` kept (nothing kept: the weights stay as they are)."""
+        if self.best_state is None:
+            return
+        state, kept = self.best_state
+        self.student.load_state_dict(state)
+        print(f"kept the weights of step {kept['step']} (on validation: {kept['nfe']:.2f} NFE at threshold "
+              f"{kept['threshold']:g}; every validation: "
+              + ", ".join(f"step {c['step']} {c['nfe']:.2f}{'' if c['within_tolerance'] else ' (out)'}"
+                          for c in self.checkpoints) + ")")
 
     def on_fit_end(self) -> None:
+        self.restore_cheapest()
         self.select_threshold()
 
-    def select_threshold(self) -> dict:
-        """Set the student's threshold to the cheapest candidate within `tolerance` of the teacher on validation."""
+    @torch.no_grad()
+    def validation_sweep(self) -> tuple[float, list[dict]]:
+        """The teacher's one-token-per-step accuracy on the validation pairs and the rows of the
+        threshold sweep (the teacher's row first)."""
         datamodule = self.trainer.datamodule
         task, pairs = datamodule.task, datamodule.pairs["val"]
         was_training = self.student.training
         self.student.eval()
-        reference = BlockwiseSampler(temperature=0.0, order="left_to_right")
-        n = task.config.answer_len
-        tokens, ok = decode_prompts(self.teacher, task, pairs, reference)
-        weights = task.prompt_weights(pairs).double()
-        teacher_accuracy = float((weights * ok.double()).sum() / weights.sum())
-        rows = [{"sampler": "teacher (argmax, 1 token/step)", "threshold": None, "accuracy": teacher_accuracy, "nfe": n}]
+        if self.teacher_val_accuracy is None:  # the teacher is frozen: decode it once
+            reference = BlockwiseSampler(temperature=0.0, order="left_to_right")
+            _, ok = decode_prompts(self.teacher, task, pairs, reference)
+            weights = task.prompt_weights(pairs).double()
+            self.teacher_val_accuracy = float((weights * ok.double()).sum() / weights.sum())
+        rows = [{"sampler": "teacher (argmax, 1 token/step)", "threshold": None, "accuracy": self.teacher_val_accuracy,
+                 "nfe": task.config.answer_len}]
         for threshold in self.thresholds:
             self.student.threshold = threshold
             accuracy, nfe = score_pairs(self.student, self.teacher, task, pairs)
             rows.append({"sampler": "student", "threshold": threshold, "accuracy": accuracy, "nfe": nfe})
-        candidates = [r for r in rows[1:] if r["accuracy"] >= teacher_accuracy - self.tolerance]
-        best = (min(candidates, key=lambda r: (r["nfe"], -r["accuracy"])) if candidates
-                else max(rows[1:], key=lambda r: (r["accuracy"], -r["nfe"])))
-        self.student.threshold = best["threshold"]
         self.student.train(was_training)
+        return self.teacher_val_accuracy, rows
+
+    def select_threshold(self) -> dict:
+        """Set the student's threshold by `choose_threshold` on the validation pairs."""
+        pairs = self.trainer.datamodule.pairs["val"]
+        teacher_accuracy, rows = self.validation_sweep()
+        best, within = choose_threshold(rows[1:], teacher_accuracy, self.tolerance)
+        self.student.threshold = best["threshold"]
         self.selection = {"split": "val", "pairs": len(pairs), "tolerance": self.tolerance, "rows": rows,
-                          "chosen": best["threshold"], "within_tolerance": bool(candidates)}
+                          "chosen": best["threshold"], "within_tolerance": within,
+                          "checkpoints": self.checkpoints or None,
+                          "kept_step": self.best_state[1]["step"] if self.best_state is not None else None}
         print(f"threshold chosen on {len(pairs)} validation pairs: {best['threshold']:g} "
-              f"({'within' if candidates else 'NOT within'} {self.tolerance:g} of the teacher's accuracy)")
+              f"({'within' if within else 'NOT within'} {self.tolerance:g} of the teacher's accuracy)")
         print(markdown_table(rows, ["sampler", "threshold", "accuracy", "nfe"]))
         return self.selection
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import students
-from distill.certainty import already_correct, certainty_loss, complementary_masks
+from distill.certainty import already_correct, certainty_loss, choose_threshold, complementary_masks
 from distill.data import PathsDataModule
 from distill.self_generated import generate, load_or_generate, to_tokens
 from students.entropy_threshold import EntropyThresholdSampler, tempered_entropy
@@ -186,6 +186,50 @@ def test_lora_merged_export_gives_the_adapter_models_logits(tiny_teacher, tmp_pa
     other.sha256 = "0" * 64
     with pytest.raises(ValueError, match="adapter was trained on the teacher"):
         students.load(tmp_path / "adapter").sample(other, prompt=canvas)
+
+
+# --- threshold choice on validation ------------------------------------------------------------
+def table(*points):
+    return [{"threshold": t, "accuracy": a, "nfe": n} for t, a, n in points]
+
+
+def test_threshold_choice_is_the_largest_before_the_first_out_of_tolerance():
+    rows = table((0.5, 0.97, 2.0), (0.01, 1.0, 15.0), (0.1, 0.995, 6.0), (0.2, 0.99, 4.0), (0.3, 1.0, 3.0))
+    # 0.2 is 1 point below the teacher: outside 0.5 points, so the walk stops before it, and 0.3
+    # (back at 100%, fewer NFE) is not taken: one failure at a smaller threshold is not skipped past
+    chosen, within = choose_threshold(rows, reference=1.0, tolerance=0.005)
+    assert within and chosen["threshold"] == 0.1
+    chosen, within = choose_threshold(rows, reference=1.0, tolerance=0.01)  # 0.2 now inside
+    assert within and chosen["threshold"] == 0.3
+    chosen, within = choose_threshold(rows, reference=1.0, tolerance=0.05)
+    assert within and chosen["threshold"] == 0.5
+    # the reference is the teacher's accuracy, not 100%
+    chosen, within = choose_threshold(rows, reference=0.99, tolerance=0.0)
+    assert within and chosen["threshold"] == 0.3
+
+
+def test_threshold_choice_without_any_row_in_tolerance_is_the_most_accurate():
+    rows = table((0.01, 0.95, 15.0), (0.1, 0.97, 6.0), (0.2, 0.97, 4.0), (0.5, 0.9, 2.0))
+    chosen, within = choose_threshold(rows, reference=1.0, tolerance=0.01)
+    assert not within and chosen["threshold"] == 0.2  # most accurate, fewer NFE on the tie
+
+
+def test_checkpoint_choice_keeps_the_weights_of_the_cheapest_validation_within_tolerance(tiny_teacher):
+    from functools import partial
+
+    from distill.certainty import CertaintyObjective
+
+    objective = CertaintyObjective(EntropyThresholdSampler(), tiny_teacher, optimizer=partial(torch.optim.AdamW),
+                                   vocab_size=6, seq_len=6, select_checkpoint=True)
+    weight = objective.student.denoiser.head.weight
+    with torch.no_grad():
+        for step, nfe, within in ((1, 5.0, True), (2, 3.0, True), (3, 2.0, False), (4, 3.0, True), (5, 4.0, True)):
+            weight.fill_(step)  # the weights at this validation
+            objective.keep_if_cheapest({"step": step, "threshold": 0.1, "accuracy": 1.0, "nfe": nfe,
+                                        "within_tolerance": within})
+    objective.restore_cheapest()  # step 3 is cheaper but out of tolerance; step 4 only ties step 2
+    assert torch.all(objective.student.denoiser.head.weight == 2)
+    assert [c["step"] for c in objective.checkpoints] == [1, 2, 3, 4, 5]
 
 
 # --- self-generated data ------------------------------------------------------------------------

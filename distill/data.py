@@ -25,7 +25,8 @@ def _rank() -> int:
 
 
 class FreshSamples(IterableDataset):
-    """An endless stream of batches drawn from `sample(num, generator)`, seeded per rank and worker."""
+    """An endless stream of batches drawn from `sample(num, generator)`, seeded per rank and worker.
+    `sample` returns tokens (B, L), or (tokens, answer_mask) when each row has its own answer span."""
 
     def __init__(self, sample: Callable[[int, torch.Generator], Tensor], answer_mask: Tensor, batch_size: int, seed: int) -> None:
         self.sample = sample
@@ -37,8 +38,9 @@ class FreshSamples(IterableDataset):
         worker = torch.utils.data.get_worker_info()
         gen = torch.Generator().manual_seed(self.seed + 1_000_003 * _rank() + 7919 * (worker.id if worker else 0))
         while True:
-            tokens = self.sample(self.batch_size, gen)
-            yield {"tokens": tokens, "answer_mask": self.answer_mask.expand_as(tokens)}
+            drawn = self.sample(self.batch_size, gen)
+            tokens, answer_mask = drawn if isinstance(drawn, tuple) else (drawn, self.answer_mask.expand_as(drawn))
+            yield {"tokens": tokens, "answer_mask": answer_mask}
 
 
 def _fixed_batches(tokens: Tensor, answer_mask: Tensor, batch_size: int) -> list[dict[str, Tensor]]:

@@ -181,11 +181,12 @@ class SelfGeneratedDataModule(PathsDataModule):
             deterministic one-token-per-step decoding).
         draws_per_prompt: answers decoded per prompt (more than 1 only makes sense with temperature > 0).
         prefix_draws: prefix prompts per training pair (0: none); see the module docstring.
+        prefix_fraction: share of each training batch drawn from the prefix prompts (when there are any).
     """
 
     def __init__(self, teacher_path: str, cache_dir: str = "runs/self_generated", temperature: float = 0.0,
                  order: str = "left_to_right", block_size: int = 32, draws_per_prompt: int = 1, prefix_draws: int = 0,
-                 **paths) -> None:
+                 prefix_fraction: float = 0.5, **paths) -> None:
         super().__init__(**paths)
         if teacher_path is None or teacher_path == "???":
             raise ValueError("self-generated data need the teacher: teacher.path=DIR")
@@ -193,11 +194,14 @@ class SelfGeneratedDataModule(PathsDataModule):
             raise ValueError(f"draws_per_prompt must be >= 1, got {draws_per_prompt}")
         if prefix_draws < 0:
             raise ValueError(f"prefix_draws must be >= 0, got {prefix_draws}")
+        if not 0 <= prefix_fraction <= 1:
+            raise ValueError(f"prefix_fraction must be in [0, 1], got {prefix_fraction}")
         self.teacher_path = teacher_path
         self.cache_dir = cache_dir
         self.sampler = BlockwiseSampler(temperature=temperature, block_size=block_size, order=order)
         self.draws_per_prompt = draws_per_prompt
         self.prefix_draws = prefix_draws
+        self.prefix_fraction = prefix_fraction
         self.data: DatasetDict | None = None
         self.provenance: dict | None = None
 
@@ -222,18 +226,28 @@ class SelfGeneratedDataModule(PathsDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = self.load()
-        rows, prefix_len = to_tokens(data["train"]), torch.zeros(len(data["train"]), dtype=torch.long)
-        if "train_prefixed" in data and len(data["train_prefixed"]):
-            rows = torch.cat([rows, to_tokens(data["train_prefixed"])])
-            prefix_len = torch.cat([prefix_len, torch.tensor(data["train_prefixed"]["prefix_len"], dtype=torch.long)])
+        rows = to_tokens(data["train"])
+        prefixed = data["train_prefixed"] if "train_prefixed" in data and len(data["train_prefixed"]) else None
+        if prefixed is None:
+            def draw(num: int, generator: torch.Generator) -> Tensor:
+                return rows[torch.randint(len(rows), (num,), generator=generator)]
+
+            return DataLoader(FreshSamples(draw, self.answer_mask, self.batch_size, self.seed + 1), batch_size=None)
+        prefixed_rows = to_tokens(prefixed)
+        prefix_len = torch.tensor(prefixed["prefix_len"], dtype=torch.long)
         positions = torch.arange(rows.shape[1])
 
-        def draw(num: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-            """Rows and their answer masks (B, L): a prefix prompt's prefix is shown, never a target."""
-            index = torch.randint(len(rows), (num,), generator=generator)
-            return rows[index], positions[None] >= PROMPT_LEN + prefix_len[index][:, None]
+        def draw_mixed(num: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            """A `prefix_fraction` of the rows from prefix prompts (their prefix shown, never a target), the
+            rest whole answers: only these train the first pass from the bare prompt, which sets the NFE."""
+            k = round(num * self.prefix_fraction)
+            plain = rows[torch.randint(len(rows), (num - k,), generator=generator)]
+            index = torch.randint(len(prefixed_rows), (k,), generator=generator)
+            tokens = torch.cat([plain, prefixed_rows[index]])
+            shown = torch.cat([torch.zeros(num - k, dtype=torch.long), prefix_len[index]])
+            return tokens, positions[None] >= PROMPT_LEN + shown[:, None]
 
-        return DataLoader(FreshSamples(draw, self.answer_mask, self.batch_size, self.seed + 1), batch_size=None)
+        return DataLoader(FreshSamples(draw_mixed, self.answer_mask, self.batch_size, self.seed + 1), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_fixed_batches(to_tokens(self.load()["validation"]), self.answer_mask, self.batch_size),

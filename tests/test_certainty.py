@@ -360,6 +360,28 @@ def test_prefix_prompts_keep_their_prefix_and_the_teacher_completes_the_rest(sma
         assert torch.equal(again, row)
 
 
+def test_training_batches_mix_whole_answers_and_prefix_prompts_whose_prefix_is_never_a_target(small_paths):
+    from distill.self_generated import SelfGeneratedDataModule
+
+    dm = SelfGeneratedDataModule(teacher_path="unused", nodes=6, successors=2, answer_len=4, graph_seed=1,
+                                 heldout_fraction=0.25, val_fraction=0.15, batch_size=40, prefix_draws=3,
+                                 prefix_fraction=0.25)
+    dm.data, _ = generate(WalkTeacher(dm), dm.task, dm.pairs, BlockwiseSampler(temperature=0.0), prefix_draws=3)
+    batch = next(iter(dm.train_dataloader()))
+    tokens, answer_mask = batch["tokens"], batch["answer_mask"]
+    whole = to_tokens(dm.data["train"])
+    assert tokens.shape == answer_mask.shape == (40, 6)
+    shown = (~answer_mask).sum(-1) - PROMPT_LEN  # answer tokens shown to the student
+    assert (shown[:30] == 0).all() and (shown[30:] >= 1).all()  # 25% prefix prompts
+    assert all((row == whole).all(-1).any() for row in tokens[:30])
+    prefixed = {tuple(r) for r in to_tokens(dm.data["train_prefixed"]).tolist()}
+    assert all(tuple(r) in prefixed for r in tokens[30:].tolist())
+    lengths = {}  # the same completed row can come from prefixes of several lengths
+    for r, k in zip(to_tokens(dm.data["train_prefixed"]).tolist(), dm.data["train_prefixed"]["prefix_len"]):
+        lengths.setdefault(tuple(r), set()).add(k)
+    assert all(int(k) in lengths[tuple(r)] for r, k in zip(tokens[30:].tolist(), shown[30:]))
+
+
 # --- console scripts end to end -----------------------------------------------------------------
 TINY_PATHS = ["data.nodes=6", "data.successors=2", "data.answer_len=4", "data.graph_seed=1"]
 

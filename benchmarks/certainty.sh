@@ -2,15 +2,17 @@
 # Certainty-forcing distillation on `paths`: LoRA and full-weight students (timed, from an empty
 # data cache), the interface evaluations over 3 data seeds, and the threshold sweep (table + PNG).
 #   flock /tmp/fewstep_cpu.lock bash benchmarks/certainty.sh [TEACHER_DIR]
+#   VARIANTS=lora ... trains and evaluates the default (LoRA) student only
 set -euo pipefail
 TEACHER=${1:-runs/teacher_paths}
+VARIANTS=${VARIANTS:-lora full}
 OUT=runs/certainty
 export TQDM_DISABLE=1
 rm -rf "$OUT"
 mkdir -p "$OUT/eval"
 
 # 1. distillation (the first run also generates the self-generated data set; the second reuses it)
-for variant in lora full; do
+for variant in $VARIANTS; do
   experiment=certainty_paths
   [ "$variant" = full ] && experiment=certainty_paths_full
   start=$(date +%s)
@@ -23,7 +25,7 @@ done
 # 2. the interface: held-out prompts, three data seeds
 threshold=$(python -c "import json; print(json.load(open('$OUT/lora/export/sampler.json'))['config']['threshold'])")
 for seed in 0 1 2; do
-  for variant in lora full; do
+  for variant in $VARIANTS; do
     fewstep-eval data=paths teacher=saved teacher.path="$TEACHER" sampler=saved sampler.path="$OUT/$variant/export" \
       data.seed=$seed hydra.run.dir="$OUT/eval/student_${variant}_s$seed" > /dev/null
   done
@@ -36,6 +38,7 @@ for seed in 0 1 2; do
 done
 
 # 3. the sweep over thresholds, diversity, and the collected tables
-python benchmarks/certainty_sweep.py --teacher "$TEACHER" --student lora="$OUT/lora/export" \
-  --student full="$OUT/full/export" --evals "$OUT/eval" --out docs | tee "$OUT/sweep.txt"
+students=()
+for variant in $VARIANTS; do students+=(--student "$variant=$OUT/$variant/export"); done
+python benchmarks/certainty_sweep.py --teacher "$TEACHER" "${students[@]}" --evals "$OUT/eval" --out docs | tee "$OUT/sweep.txt"
 cat "$OUT/train_times.txt"

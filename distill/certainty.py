@@ -11,8 +11,10 @@ exactly once per pair. Loss on the masked tokens of the block:
       correctly (argmax == answer): confidence is forced only where it is right.
 
 After training the decoding threshold is chosen on the validation pairs (never the test pairs): the
-largest candidate, so the fewest forward passes, whose accuracy stays within `tolerance` of the
-teacher's one-token-per-step argmax decoding on the same prompts.
+largest candidate such that it and every smaller candidate stay within `tolerance` of the teacher's
+one-token-per-step argmax decoding on the same prompts (`choose_threshold`). With
+`select_checkpoint`, every validation also runs that choice and the student keeps the weights of the
+validation whose chosen threshold needs the fewest forward passes.
 """
 
 from __future__ import annotations
@@ -103,6 +105,26 @@ def score_pairs(sampler, denoiser: nn.Module, task, pairs: Tensor, steps: int | 
                           batch_size=max(len(pairs), 1))
 
 
+def choose_threshold(rows: list[dict], reference: float, tolerance: float) -> tuple[dict, bool]:
+    """The row to decode with, from rows {threshold, accuracy, nfe} of one sweep, and whether it is
+    within `tolerance` of the `reference` accuracy.
+
+    Walks the thresholds upward and stops at the first one that falls out of tolerance: the chosen row
+    is the last one before it. A failure at a small threshold is read as a warning for the larger
+    ones, not as noise to skip past. If even the smallest fails: the most accurate row (fewest NFE on
+    ties).
+    """
+    rows = sorted(rows, key=lambda r: r["threshold"])
+    chosen = None
+    for row in rows:
+        if row["accuracy"] < reference - tolerance - 1e-12:
+            break
+        chosen = row
+    if chosen is not None:
+        return chosen, True
+    return max(rows, key=lambda r: (r["accuracy"], -r["nfe"])), False
+
+
 class CertaintyObjective(StudentObjective):
     """Args (besides StudentObjective's):
         beta: weight of the certainty (entropy) term.
@@ -112,6 +134,9 @@ class CertaintyObjective(StudentObjective):
         export_adapter: export the LoRA adapter alone (base = the teacher) instead of merged weights.
         thresholds: candidate decoding thresholds (nats) tried on the validation pairs after training.
         tolerance: accuracy the chosen threshold may lose against the teacher on validation.
+        select_checkpoint: choose the threshold at every validation as well and keep the weights whose
+            chosen threshold needs the fewest forward passes on validation (the step count chosen on
+            validation); False: the weights of the last step.
         decode_batch_size: prompts decoded at once when scoring validation (large models: small).
 
     The data module provides `selection_canvases(mask_id)` (validation prompts, answers masked, and
@@ -123,7 +148,7 @@ class CertaintyObjective(StudentObjective):
     def __init__(self, student: nn.Module | dict, teacher: nn.Module, beta: float = 2.0, tau: float = 0.5,
                  block_size: int = 32, mask_ratio: tuple[float, float] = (0.0, 1.0), export_adapter: bool = False,
                  thresholds: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2, 0.5), tolerance: float = 0.005,
-                 decode_batch_size: int = 512, **kwargs) -> None:
+                 select_checkpoint: bool = False, decode_batch_size: int = 512, **kwargs) -> None:
         if not isinstance(student, nn.Module):
             student = OmegaConf.to_container(student, resolve=True) if OmegaConf.is_config(student) else dict(student)
             student = students.build(student)
@@ -137,7 +162,8 @@ class CertaintyObjective(StudentObjective):
             raise ValueError("objective.export_adapter needs a LoRA student; full-weight students export their weights")
         thresholds = sorted(float(t) for t in thresholds)
         super().__init__(student, teacher, beta=beta, tau=tau, block_size=block_size, mask_ratio=[lo, hi],
-                         export_adapter=export_adapter, thresholds=thresholds, tolerance=tolerance, **kwargs)
+                         export_adapter=export_adapter, thresholds=thresholds, tolerance=tolerance,
+                         select_checkpoint=select_checkpoint, **kwargs)
         self.beta, self.tau, self.block_size = beta, tau, block_size
         self.mask_ratio = (lo, hi)
         self.export_adapter = export_adapter
@@ -145,7 +171,11 @@ class CertaintyObjective(StudentObjective):
         self.tolerance = tolerance
         self.decode_batch_size = decode_batch_size
         self.trainable_parameters = count_trainable(self.student)
+        self.select_checkpoint = select_checkpoint
         self.selection: dict | None = None
+        self.teacher_val_accuracy: float | None = None
+        self.checkpoints: list[dict] = []
+        self.best_state: tuple[dict, dict] | None = None  # (student state, its checkpoints entry)
 
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         tokens, mask_id = batch["tokens"], self.teacher.mask_id
@@ -163,47 +193,88 @@ class CertaintyObjective(StudentObjective):
             self.student.eos_id = int(end_id)
 
     def on_validation_epoch_end(self) -> None:
-        """The student's exact accuracy and NFE on the validation prompts at its current threshold."""
+        """The student's exact accuracy and NFE on the validation prompts at its current threshold; with
+        `select_checkpoint`, the threshold choice too, keeping the weights whose choice is cheapest."""
         if self.trainer.sanity_checking:
             return
         datamodule = self.trainer.datamodule
         canvases, weights = datamodule.selection_canvases(self.teacher.mask_id)
         accuracy, nfe = score_canvases(self.student, self.teacher, canvases, weights, datamodule.check,
                                        batch_size=self.decode_batch_size)
-        self.log("val/accuracy", accuracy, prog_bar=True)
-        self.log("val/nfe", nfe, prog_bar=True)
+        self.log("val/accuracy", accuracy, prog_bar=True, sync_dist=True)
+        self.log("val/nfe", nfe, prog_bar=True, sync_dist=True)
+        if not self.select_checkpoint:
+            return
+        threshold = self.student.threshold
+        teacher_accuracy, rows = self.validation_sweep()
+        best, within = choose_threshold(rows[1:], teacher_accuracy, self.tolerance)
+        self.student.threshold = threshold
+        self.log("val/chosen_threshold", best["threshold"], sync_dist=True)
+        self.log("val/chosen_nfe", best["nfe"], sync_dist=True)
+        self.keep_if_cheapest({"step": int(self.global_step), "threshold": best["threshold"],
+                               "accuracy": best["accuracy"], "nfe": best["nfe"], "within_tolerance": within})
+
+    def keep_if_cheapest(self, entry: dict) -> None:
+        """Record one validation's choice; keep a copy of the weights if it is within tolerance and
+        needs fewer forward passes than every earlier one (ties keep the earlier, less trained weights)."""
+        self.checkpoints.append(entry)
+        if entry["within_tolerance"] and (self.best_state is None or entry["nfe"] < self.best_state[1]["nfe"]):
+            state = {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()}
+            self.best_state = (state, entry)
+
+    def restore_cheapest(self) -> None:
+        """Load the weights `keep_if_cheapest` kept (nothing kept: the weights stay as they are)."""
+        if self.best_state is None:
+            return
+        state, kept = self.best_state
+        self.student.load_state_dict(state)
+        print(f"kept the weights of step {kept['step']} (on validation: {kept['nfe']:.2f} NFE at threshold "
+              f"{kept['threshold']:g}; every validation: "
+              + ", ".join(f"step {c['step']} {c['nfe']:.2f}{'' if c['within_tolerance'] else ' (out)'}"
+                          for c in self.checkpoints) + ")")
 
     def on_fit_end(self) -> None:
+        self.restore_cheapest()
         self.select_threshold()
 
-    def select_threshold(self) -> dict:
-        """Set the student's threshold to the cheapest candidate within `tolerance` of the teacher on validation
-        (the teacher decoding as it did to generate the data: argmax, one token per step)."""
+    @torch.no_grad()
+    def validation_sweep(self) -> tuple[float, list[dict]]:
+        """The teacher's reference accuracy on the validation prompts (argmax, one token per step, as
+        it decoded the data; computed once, the teacher is frozen) and the rows of the threshold
+        sweep (the teacher's row first)."""
         datamodule = self.trainer.datamodule
         canvases, weights = datamodule.selection_canvases(self.teacher.mask_id)
+        n = int((canvases == self.teacher.mask_id).sum(-1).max())
         was_training = self.student.training
         self.student.eval()
-        n = int((canvases == self.teacher.mask_id).sum(-1).max())
-        data_sampler = getattr(datamodule, "sampler", None)  # how the data were decoded, but always argmax here
-        reference = BlockwiseSampler(temperature=0.0, block_size=getattr(data_sampler, "block_size", 32),
-                                     order=getattr(data_sampler, "order", "left_to_right"))
-        teacher_accuracy, _ = score_canvases(reference, self.teacher, canvases, weights, datamodule.check, n,
-                                             batch_size=self.decode_batch_size)
-        rows = [{"sampler": "teacher (argmax, 1 token/step)", "threshold": None, "accuracy": teacher_accuracy, "nfe": n}]
+        if self.teacher_val_accuracy is None:
+            data_sampler = getattr(datamodule, "sampler", None)  # how the data were decoded, but always argmax here
+            reference = BlockwiseSampler(temperature=0.0, block_size=getattr(data_sampler, "block_size", 32),
+                                         order=getattr(data_sampler, "order", "left_to_right"))
+            self.teacher_val_accuracy, _ = score_canvases(reference, self.teacher, canvases, weights, datamodule.check,
+                                                          n, batch_size=self.decode_batch_size)
+        rows = [{"sampler": "teacher (argmax, 1 token/step)", "threshold": None, "accuracy": self.teacher_val_accuracy,
+                 "nfe": n}]
         for threshold in self.thresholds:
             self.student.threshold = threshold
             accuracy, nfe = score_canvases(self.student, self.teacher, canvases, weights, datamodule.check,
                                            batch_size=self.decode_batch_size)
             rows.append({"sampler": "student", "threshold": threshold, "accuracy": accuracy, "nfe": nfe})
-        candidates = [r for r in rows[1:] if r["accuracy"] >= teacher_accuracy - self.tolerance]
-        best = (min(candidates, key=lambda r: (r["nfe"], -r["accuracy"])) if candidates
-                else max(rows[1:], key=lambda r: (r["accuracy"], -r["nfe"])))
-        self.student.threshold = best["threshold"]
         self.student.train(was_training)
-        self.selection = {"split": "val", "pairs": len(canvases), "tolerance": self.tolerance, "rows": rows,
-                          "chosen": best["threshold"], "within_tolerance": bool(candidates)}
-        print(f"threshold chosen on {len(canvases)} validation prompts: {best['threshold']:g} "
-              f"({'within' if candidates else 'NOT within'} {self.tolerance:g} of the teacher's accuracy)")
+        return self.teacher_val_accuracy, rows
+
+    def select_threshold(self) -> dict:
+        """Set the student's threshold by `choose_threshold` on the validation prompts."""
+        teacher_accuracy, rows = self.validation_sweep()
+        best, within = choose_threshold(rows[1:], teacher_accuracy, self.tolerance)
+        self.student.threshold = best["threshold"]
+        prompts = len(self.trainer.datamodule.selection_canvases(self.teacher.mask_id)[0])
+        self.selection = {"split": "val", "pairs": prompts, "tolerance": self.tolerance, "rows": rows,
+                          "chosen": best["threshold"], "within_tolerance": within,
+                          "checkpoints": self.checkpoints or None,
+                          "kept_step": self.best_state[1]["step"] if self.best_state is not None else None}
+        print(f"threshold chosen on {prompts} validation prompts: {best['threshold']:g} "
+              f"({'within' if within else 'NOT within'} {self.tolerance:g} of the teacher's accuracy)")
         print(markdown_table(rows, ["sampler", "threshold", "accuracy", "nfe"]))
         return self.selection
 

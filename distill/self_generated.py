@@ -7,9 +7,19 @@ semi-autoregressive, one token per step), not samples. On `paths` a deterministi
 one answer per (start, goal) pair, so the data hold one answer per training pair (drawing prompts
 with repetition would only repeat rows); the held-out test pairs are never decoded.
 
+Prefix prompts (`prefix_draws` > 0): on `paths` the teacher's argmax walk is, to a good
+approximation, a policy of (current node, goal, position), and a held-out pair's walk soon runs
+through states that training walks of other pairs visit. With one walk per training pair those
+states are few, so the student learns the teacher's convention from 371 examples. A prefix prompt
+is a training pair plus the first k tokens of a walk drawn from the task (the teacher's own training
+distribution); the teacher completes it with the same deterministic decoding, and the completion is
+kept if the whole answer checks. Only training pairs are used, and the prefix is always shown, never
+a target (distill.certainty masks only the completion).
+
 On disk (built once under a temporary name, then renamed; reused while the key matches):
 
     cache_dir/<key>/train/, validation/   datasets.Dataset: start, goal, answer, prompt_weight
+    cache_dir/<key>/train_prefixed/       the same with prefix_len (only when prefix_draws > 0)
     cache_dir/<key>/provenance.json       teacher path and SHA-256, sampler config, prompt split,
                                           prompts decoded and answers kept / rejected per split
 """
@@ -40,29 +50,55 @@ SPLITS = {"train": "train", "validation": "val"}  # dataset split -> prompt spli
 
 
 @torch.no_grad()
+def decode_canvases(teacher: nn.Module, canvases: Tensor, steps: int, sampler: BlockwiseSampler, batch_size: int = 512,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """Fill the masked positions of `canvases` (K, L) with `sampler` in `steps` steps: (K, L)."""
+    device = next(teacher.parameters()).device
+    outputs = [sampler.sample(teacher, steps, prompt=chunk.to(device), generator=generator).tokens.cpu()
+               for chunk in canvases.split(batch_size)]
+    return torch.cat(outputs) if outputs else canvases.clone()
+
+
 def decode_prompts(teacher: nn.Module, task: PathsTask, prompts: Tensor, sampler: BlockwiseSampler,
                    batch_size: int = 512, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """The teacher's answers (K, 2 + n) to `prompts` (K, 2), one token per step, and which are correct (K,)."""
     n = task.config.answer_len
-    device = next(teacher.parameters()).device
-    outputs = []
-    for chunk in prompts.split(batch_size):
-        canvas = torch.cat([chunk, torch.full((len(chunk), n), teacher.mask_id)], dim=1).to(device)
-        outputs.append(sampler.sample(teacher, n, prompt=canvas, generator=generator).tokens.cpu())
-    tokens = torch.cat(outputs) if outputs else torch.empty(0, PROMPT_LEN + n, dtype=torch.long)
+    canvases = torch.cat([prompts, torch.full((len(prompts), n), teacher.mask_id, dtype=prompts.dtype)], dim=1)
+    tokens = decode_canvases(teacher, canvases, n, sampler, batch_size, generator)
     return tokens, task.check(tokens)
 
 
-def answers_dataset(tokens: Tensor, weights: Tensor) -> Dataset:
-    return Dataset.from_dict({
+def complete_prefixes(teacher: nn.Module, task: PathsTask, pairs: Tensor, draws: int, sampler: BlockwiseSampler,
+                      generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Prefix prompts for `pairs` (K, 2): `draws` walks per pair from the task, each cut after
+    k ~ U{1..n-1} tokens and completed by the teacher one token per step.
+    Returns tokens (K * draws, 2 + n), prefix lengths k (K * draws,) and which answers check (K * draws,)."""
+    n = task.config.answer_len
+    prompts = pairs.repeat_interleave(draws, dim=0)
+    tokens = torch.cat([prompts, task.sample_answers(prompts, generator)], dim=1)
+    prefix_len = torch.randint(1, n, (len(prompts),), generator=generator)
+    for k in prefix_len.unique().tolist():  # one step count per prefix length: one token per step
+        rows = (prefix_len == k).nonzero().squeeze(1)
+        canvases = tokens[rows].clone()
+        canvases[:, PROMPT_LEN + k:] = teacher.mask_id
+        tokens[rows] = decode_canvases(teacher, canvases, n - k, sampler, generator=generator)
+    return tokens, prefix_len, task.check(tokens)
+
+
+def answers_dataset(tokens: Tensor, weights: Tensor, prefix_len: Tensor | None = None) -> Dataset:
+    columns = {
         "start": tokens[:, 0].tolist(), "goal": tokens[:, 1].tolist(), "answer": tokens[:, PROMPT_LEN:].tolist(),
         "prompt_weight": weights.tolist(),
-    })
+    }
+    if prefix_len is not None:
+        columns["prefix_len"] = prefix_len.tolist()
+    return Dataset.from_dict(columns)
 
 
 def generate(teacher: nn.Module, task: PathsTask, pairs: dict[str, Tensor], sampler: BlockwiseSampler,
-             draws_per_prompt: int = 1, seed: int = 0) -> tuple[DatasetDict, dict]:
-    """Decode the train and val pairs with the teacher; keep what `task.check` accepts.
+             draws_per_prompt: int = 1, seed: int = 0, prefix_draws: int = 0) -> tuple[DatasetDict, dict]:
+    """Decode the train and val pairs with the teacher (and, with `prefix_draws`, prefix prompts of
+    the train pairs); keep what `task.check` accepts.
     Returns the data set and the per-split counts (prompts, kept, rejected)."""
     generator = torch.Generator().manual_seed(seed)
     data, counts = {}, {}
@@ -71,17 +107,24 @@ def generate(teacher: nn.Module, task: PathsTask, pairs: dict[str, Tensor], samp
         tokens, ok = decode_prompts(teacher, task, prompts, sampler, generator=generator)
         data[name] = answers_dataset(tokens[ok], task.prompt_weights(prompts[ok]))
         counts[name] = {"prompts": len(prompts), "kept": int(ok.sum()), "rejected": int((~ok).sum())}
+    if prefix_draws > 0:
+        prefix_generator = torch.Generator().manual_seed(seed + 1)  # argmax decoding leaves `generator` unused
+        tokens, prefix_len, ok = complete_prefixes(teacher, task, pairs["train"], prefix_draws, sampler, prefix_generator)
+        data["train_prefixed"] = answers_dataset(tokens[ok], task.prompt_weights(tokens[ok, :PROMPT_LEN]), prefix_len[ok])
+        counts["train_prefixed"] = {"prompts": len(tokens), "kept": int(ok.sum()), "rejected": int((~ok).sum())}
     return DatasetDict(data), counts
 
 
 def cache_key(provenance: dict) -> str:
     """What determines the data: teacher weights, sampler, task, split and draws (not the counts)."""
     keyed = {k: provenance[k] for k in ("teacher_sha256", "sampler", "data", "prompt_split", "draws_per_prompt", "seed")}
+    if provenance.get("prefix_draws"):
+        keyed["prefix_draws"] = provenance["prefix_draws"]
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_or_generate(teacher: nn.Module, datamodule: PathsDataModule, sampler: BlockwiseSampler, cache_dir: str | Path,
-                     draws_per_prompt: int = 1, seed: int = 0) -> tuple[DatasetDict, dict, Path]:
+                     draws_per_prompt: int = 1, seed: int = 0, prefix_draws: int = 0) -> tuple[DatasetDict, dict, Path]:
     """The data set for this teacher, sampler and split: read from cache_dir, or generated and saved there."""
     task = datamodule.task
     provenance = {
@@ -93,7 +136,8 @@ def load_or_generate(teacher: nn.Module, datamodule: PathsDataModule, sampler: B
         "data": datamodule.spec(),
         "prompt_split": datamodule.split_spec(),
         "draws_per_prompt": draws_per_prompt,
-        "seed": seed if sampler.temperature > 0 else None,  # argmax decoding uses no randomness
+        "seed": seed if sampler.temperature > 0 or prefix_draws > 0 else None,  # argmax decoding alone uses none
+        "prefix_draws": prefix_draws,
     }
     if provenance["teacher_sha256"] is None:
         raise ValueError("self-generated data need a saved teacher (its SHA-256 names the data); use teacher=saved")
@@ -101,7 +145,7 @@ def load_or_generate(teacher: nn.Module, datamodule: PathsDataModule, sampler: B
     if (path / "provenance.json").is_file():
         return load_from_disk(str(path)), json.loads((path / "provenance.json").read_text()), path
     start = time.perf_counter()
-    data, counts = generate(teacher, task, datamodule.pairs, sampler, draws_per_prompt, seed)
+    data, counts = generate(teacher, task, datamodule.pairs, sampler, draws_per_prompt, seed, prefix_draws)
     provenance.update(counts=counts, generation_s=round(time.perf_counter() - start, 3),
                       created=time.strftime("%Y-%m-%dT%H:%M:%S"),
                       note="test (held-out) pairs are never decoded; only answers task.check accepts are kept")
@@ -137,19 +181,28 @@ class SelfGeneratedDataModule(PathsDataModule):
         temperature, order, block_size: the teacher's decoding (0 / left_to_right: its standard
             deterministic one-token-per-step decoding).
         draws_per_prompt: answers decoded per prompt (more than 1 only makes sense with temperature > 0).
+        prefix_draws: prefix prompts per training pair (0: none); see the module docstring.
+        prefix_fraction: share of each training batch drawn from the prefix prompts (when there are any).
     """
 
     def __init__(self, teacher_path: str, cache_dir: str = "runs/self_generated", temperature: float = 0.0,
-                 order: str = "left_to_right", block_size: int = 32, draws_per_prompt: int = 1, **paths) -> None:
+                 order: str = "left_to_right", block_size: int = 32, draws_per_prompt: int = 1, prefix_draws: int = 0,
+                 prefix_fraction: float = 0.5, **paths) -> None:
         super().__init__(**paths)
         if teacher_path is None or teacher_path == "???":
             raise ValueError("self-generated data need the teacher: teacher.path=DIR")
         if draws_per_prompt < 1:
             raise ValueError(f"draws_per_prompt must be >= 1, got {draws_per_prompt}")
+        if prefix_draws < 0:
+            raise ValueError(f"prefix_draws must be >= 0, got {prefix_draws}")
+        if not 0 <= prefix_fraction <= 1:
+            raise ValueError(f"prefix_fraction must be in [0, 1], got {prefix_fraction}")
         self.teacher_path = teacher_path
         self.cache_dir = cache_dir
         self.sampler = BlockwiseSampler(temperature=temperature, block_size=block_size, order=order)
         self.draws_per_prompt = draws_per_prompt
+        self.prefix_draws = prefix_draws
+        self.prefix_fraction = prefix_fraction
         self.data: DatasetDict | None = None
         self.provenance: dict | None = None
 
@@ -157,7 +210,7 @@ class SelfGeneratedDataModule(PathsDataModule):
         if self.data is None:
             teacher = load_teacher(self.teacher_path)
             self.data, self.provenance, path = load_or_generate(teacher, self, self.sampler, self.cache_dir,
-                                                                self.draws_per_prompt, self.seed)
+                                                                self.draws_per_prompt, self.seed, self.prefix_draws)
             counts = self.provenance["counts"]
             print(f"self-generated data {path}: " + ", ".join(
                 f"{k} {v['kept']} kept / {v['rejected']} rejected of {v['prompts']} prompts" for k, v in counts.items()))
@@ -182,12 +235,30 @@ class SelfGeneratedDataModule(PathsDataModule):
         self.load()
 
     def train_dataloader(self) -> DataLoader:
-        rows = to_tokens(self.load()["train"])
+        data = self.load()
+        rows = to_tokens(data["train"])
+        prefixed = data["train_prefixed"] if "train_prefixed" in data and len(data["train_prefixed"]) else None
+        if prefixed is None:
+            def draw(num: int, generator: torch.Generator) -> Tensor:
+                return rows[torch.randint(len(rows), (num,), generator=generator)]
 
-        def draw(num: int, generator: torch.Generator) -> Tensor:
-            return rows[torch.randint(len(rows), (num,), generator=generator)]
+            return train_loader(self, sampled_batches(draw, self.seed + 1), self.answer_mask, self.batch_size)
+        prefixed_rows = to_tokens(prefixed)
+        prefix_len = torch.tensor(prefixed["prefix_len"], dtype=torch.long)
+        positions = torch.arange(rows.shape[1])
 
-        return train_loader(self, sampled_batches(draw, self.seed + 1), self.answer_mask, self.batch_size)
+        def draw_mixed(num: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+            """A `prefix_fraction` of the rows from prefix prompts (their prefix shown, never a target), the
+            rest whole answers: only these train the first pass from the bare prompt, which sets the NFE."""
+            k = round(num * self.prefix_fraction)
+            plain = rows[torch.randint(len(rows), (num - k,), generator=generator)]
+            index = torch.randint(len(prefixed_rows), (k,), generator=generator)
+            tokens = torch.cat([plain, prefixed_rows[index]])
+            shown = torch.cat([torch.zeros(num - k, dtype=torch.long), prefix_len[index]])
+            order = torch.randperm(num, generator=generator)  # mixed, so every rank's slice has both kinds
+            return tokens[order], positions[None] >= PROMPT_LEN + shown[order, None]
+
+        return train_loader(self, sampled_batches(draw_mixed, self.seed + 1), self.answer_mask, self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_fixed_batches(to_tokens(self.load()["validation"]), self.answer_mask, self.batch_size),

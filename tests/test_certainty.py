@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 import students
-from distill.certainty import already_correct, certainty_loss, complementary_masks
+from distill.certainty import already_correct, certainty_loss, choose_threshold, complementary_masks
 from distill.data import PathsDataModule
-from distill.self_generated import generate, load_or_generate, to_tokens
+from distill.self_generated import complete_prefixes, generate, load_or_generate, to_tokens
 from students.entropy_threshold import EntropyThresholdSampler, tempered_entropy
 from teachers import BlockwiseSampler, TransformerDenoiser, save_teacher
 from teachers.paths import PROMPT_LEN
@@ -188,6 +188,50 @@ def test_lora_merged_export_gives_the_adapter_models_logits(tiny_teacher, tmp_pa
         students.load(tmp_path / "adapter").sample(other, prompt=canvas)
 
 
+# --- threshold choice on validation ------------------------------------------------------------
+def table(*points):
+    return [{"threshold": t, "accuracy": a, "nfe": n} for t, a, n in points]
+
+
+def test_threshold_choice_is_the_largest_before_the_first_out_of_tolerance():
+    rows = table((0.5, 0.97, 2.0), (0.01, 1.0, 15.0), (0.1, 0.995, 6.0), (0.2, 0.99, 4.0), (0.3, 1.0, 3.0))
+    # 0.2 is 1 point below the teacher: outside 0.5 points, so the walk stops before it, and 0.3
+    # (back at 100%, fewer NFE) is not taken: one failure at a smaller threshold is not skipped past
+    chosen, within = choose_threshold(rows, reference=1.0, tolerance=0.005)
+    assert within and chosen["threshold"] == 0.1
+    chosen, within = choose_threshold(rows, reference=1.0, tolerance=0.01)  # 0.2 now inside
+    assert within and chosen["threshold"] == 0.3
+    chosen, within = choose_threshold(rows, reference=1.0, tolerance=0.05)
+    assert within and chosen["threshold"] == 0.5
+    # the reference is the teacher's accuracy, not 100%
+    chosen, within = choose_threshold(rows, reference=0.99, tolerance=0.0)
+    assert within and chosen["threshold"] == 0.3
+
+
+def test_threshold_choice_without_any_row_in_tolerance_is_the_most_accurate():
+    rows = table((0.01, 0.95, 15.0), (0.1, 0.97, 6.0), (0.2, 0.97, 4.0), (0.5, 0.9, 2.0))
+    chosen, within = choose_threshold(rows, reference=1.0, tolerance=0.01)
+    assert not within and chosen["threshold"] == 0.2  # most accurate, fewer NFE on the tie
+
+
+def test_checkpoint_choice_keeps_the_weights_of_the_cheapest_validation_within_tolerance(tiny_teacher):
+    from functools import partial
+
+    from distill.certainty import CertaintyObjective
+
+    objective = CertaintyObjective(EntropyThresholdSampler(), tiny_teacher, optimizer=partial(torch.optim.AdamW),
+                                   vocab_size=6, seq_len=6, select_checkpoint=True)
+    weight = objective.student.denoiser.head.weight
+    with torch.no_grad():
+        for step, nfe, within in ((1, 5.0, True), (2, 3.0, True), (3, 2.0, False), (4, 3.0, True), (5, 4.0, True)):
+            weight.fill_(step)  # the weights at this validation
+            objective.keep_if_cheapest({"step": step, "threshold": 0.1, "accuracy": 1.0, "nfe": nfe,
+                                        "within_tolerance": within})
+    objective.restore_cheapest()  # step 3 is cheaper but out of tolerance; step 4 only ties step 2
+    assert torch.all(objective.student.denoiser.head.weight == 2)
+    assert [c["step"] for c in objective.checkpoints] == [1, 2, 3, 4, 5]
+
+
 # --- self-generated data ------------------------------------------------------------------------
 class TableDenoiser(nn.Module):
     """Predicts, with certainty, a fixed answer for each (start, goal): a stand-in teacher."""
@@ -245,6 +289,12 @@ def test_rejected_teacher_answers_never_enter_the_data_set(small_paths, tmp_path
         assert counts["rejected"] > 0
     assert provenance["teacher_sha256"] == teacher.sha256 and provenance["sampler"]["temperature"] == 0.0
     assert provenance["prompt_split"] == small_paths.split_spec()
+    prefixed, prefixed_provenance, prefixed_path = load_or_generate(teacher, small_paths, sampler, tmp_path, prefix_draws=3)
+    assert prefixed_path != path  # prefix prompts are part of the key
+    rows = to_tokens(prefixed["train_prefixed"])
+    counts = prefixed_provenance["counts"]["train_prefixed"]
+    assert small_paths.task.check(rows).all() and len(rows) == counts["kept"]
+    assert counts["prompts"] == 3 * len(small_paths.pairs["train"]) and counts["rejected"] > 0
     calls = teacher.calls
     again, _, path2 = load_or_generate(teacher, small_paths, sampler, tmp_path)
     assert path2 == path and teacher.calls == calls  # reused from disk, not regenerated
@@ -263,11 +313,73 @@ def test_no_evaluation_prompt_appears_in_the_self_generated_data(small_paths):
     data, _ = generate(teacher, small_paths.task, pairs, BlockwiseSampler(temperature=0.0))
     generated = {tuple(p) for name in ("train", "validation") for p in to_tokens(data[name])[:, :PROMPT_LEN].tolist()}
     assert generated == train | val and not generated & test
+    data, _ = generate(teacher, small_paths.task, pairs, BlockwiseSampler(temperature=0.0), prefix_draws=4)
+    prefixed = {tuple(p) for p in to_tokens(data["train_prefixed"])[:, :PROMPT_LEN].tolist()}
+    assert prefixed and prefixed <= train  # prefix prompts come from training pairs only
     for seed in range(3):  # evaluation prompts, whatever data.seed, come from the test pairs only
         dm = PathsDataModule(nodes=6, successors=2, answer_len=4, graph_seed=1, heldout_fraction=0.25,
                              val_fraction=0.15, seed=seed)
         canvases = dm.benchmark(repeats=2).canvases(400, 6, torch.Generator())
         assert {tuple(p) for p in canvases[:, :PROMPT_LEN].tolist()} <= test
+
+
+class WalkTeacher(TableDenoiser):
+    """Completes any prefix with a walk to the goal: at each masked position, the first successor of
+    the previous node from which the goal stays reachable in the steps left (one token per step)."""
+
+    def __init__(self, dm: PathsDataModule) -> None:
+        super().__init__(torch.zeros(dm.vocab_size, dm.vocab_size, dm.task.config.answer_len, dtype=torch.long))
+        self.task = dm.task
+
+    def forward(self, tokens):
+        n, V = self.task.config.answer_len, self.vocab_size
+        logits = torch.full((*tokens.shape, V), -20.0)
+        for b in range(len(tokens)):
+            masked = (tokens[b, PROMPT_LEN:] == self.mask_id).nonzero()
+            if len(masked):
+                t = int(masked[0])  # answer index of the leftmost masked position
+                prev = int(tokens[b, 0] if t == 0 else tokens[b, PROMPT_LEN + t - 1])
+                ok = self.task.edges[prev] & (self.task.powers[n - t - 1][:, tokens[b, 1]] > 0)
+                logits[b, PROMPT_LEN + t, int(ok.nonzero()[0])] = 20.0
+        return logits
+
+
+def test_prefix_prompts_keep_their_prefix_and_the_teacher_completes_the_rest(small_paths):
+    teacher = WalkTeacher(small_paths)
+    pairs = small_paths.pairs["train"]
+    tokens, prefix_len, ok = complete_prefixes(teacher, small_paths.task, pairs, 5, BlockwiseSampler(temperature=0.0),
+                                               torch.Generator().manual_seed(0))
+    n = small_paths.task.config.answer_len
+    assert ok.all() and len(tokens) == 5 * len(pairs)
+    assert torch.equal(tokens[:, :PROMPT_LEN], pairs.repeat_interleave(5, 0))
+    assert prefix_len.min() >= 1 and prefix_len.max() <= n - 1 and len(prefix_len.unique()) > 1
+    for row, k in zip(tokens, prefix_len.tolist()):  # the completion is the teacher's, token for token
+        canvas = row.clone()
+        canvas[PROMPT_LEN + k:] = teacher.mask_id
+        again = BlockwiseSampler(temperature=0.0).sample(teacher, n - k, prompt=canvas[None]).tokens[0]
+        assert torch.equal(again, row)
+
+
+def test_training_batches_mix_whole_answers_and_prefix_prompts_whose_prefix_is_never_a_target(small_paths):
+    from distill.self_generated import SelfGeneratedDataModule
+
+    dm = SelfGeneratedDataModule(teacher_path="unused", nodes=6, successors=2, answer_len=4, graph_seed=1,
+                                 heldout_fraction=0.25, val_fraction=0.15, batch_size=40, prefix_draws=3,
+                                 prefix_fraction=0.25)
+    dm.data, _ = generate(WalkTeacher(dm), dm.task, dm.pairs, BlockwiseSampler(temperature=0.0), prefix_draws=3)
+    batch = next(iter(dm.train_dataloader()))
+    tokens, answer_mask = batch["tokens"], batch["answer_mask"]
+    whole = to_tokens(dm.data["train"])
+    assert tokens.shape == answer_mask.shape == (40, 6)
+    shown = (~answer_mask).sum(-1) - PROMPT_LEN  # answer tokens shown to the student
+    assert (shown[:30] == 0).all() and (shown[30:] >= 1).all()  # 25% prefix prompts
+    assert all((row == whole).all(-1).any() for row in tokens[:30])
+    prefixed = {tuple(r) for r in to_tokens(dm.data["train_prefixed"]).tolist()}
+    assert all(tuple(r) in prefixed for r in tokens[30:].tolist())
+    lengths = {}  # the same completed row can come from prefixes of several lengths
+    for r, k in zip(to_tokens(dm.data["train_prefixed"]).tolist(), dm.data["train_prefixed"]["prefix_len"]):
+        lengths.setdefault(tuple(r), set()).add(k)
+    assert all(int(k) in lengths[tuple(r)] for r, k in zip(tokens[30:].tolist(), shown[30:]))
 
 
 # --- console scripts end to end -----------------------------------------------------------------
@@ -289,12 +401,15 @@ def test_train_and_eval_a_certainty_student_end_to_end(tmp_path):
     proc = run("fewstep-train", "experiment=certainty_paths", f"teacher.path={teacher}", *TINY_PATHS,
                "data.batch_size=16", f"data.cache_dir={tmp_path / 'cache'}", "student.lora.r=2", "trainer.max_steps=4",
                "trainer.val_check_interval=2", "eval.num_samples=64", "objective.thresholds=[0.01,1.0]",
+               "objective.select_checkpoint=true", "data.prefix_draws=2",
                f"export_dir={tmp_path / 'student'}", f"hydra.run.dir={tmp_path / 'st'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "threshold chosen on" in proc.stdout
     meta = json.loads((tmp_path / "student" / "sampler.json").read_text())
     assert meta["class"] == "EntropyThresholdSampler" and meta["config"]["lora"] is None  # merged
     assert meta["config"]["threshold"] == meta["threshold_selection"]["chosen"] in (0.01, 1.0)
+    assert [c["step"] for c in meta["threshold_selection"]["checkpoints"]] == [2, 4]
+    assert meta["self_generated_data"]["prefix_draws"] == 2 and "train_prefixed" in meta["self_generated_data"]["counts"]
     assert meta["prompt_split"] == {"heldout_fraction": 0.2, "val_fraction": 0.1, "split_seed": 0}
     assert meta["finetune"]["trainable_parameters"] > 0 and meta["finetune"]["lora"]["r"] == 2
     counts = meta["self_generated_data"]["counts"]["train"]

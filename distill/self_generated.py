@@ -170,6 +170,16 @@ def to_tokens(split: Dataset) -> Tensor:
     return torch.cat([cols["start"][:, None], cols["goal"][:, None], cols["answer"]], dim=1).long()
 
 
+def report_kept(path: Path, data: DatasetDict, provenance: dict, hint: str = "") -> None:
+    """Print the kept / rejected counts per split; no kept training answer is an error."""
+    counts = provenance["counts"]
+    print(f"self-generated data {path}: " + ", ".join(
+        f"{k} {v['kept']} kept / {v['rejected']} rejected of {v['prompts']} prompts" for k, v in counts.items()))
+    if len(data["train"]) == 0:
+        raise ValueError(f"the teacher answered none of the {counts['train']['prompts']} training prompts "
+                         f"correctly; nothing to distill{hint}")
+
+
 class SelfGeneratedDataModule(PathsDataModule):
     """`paths` with training batches drawn (with replacement) from the teacher's own verified answers
     on the train pairs; validation batches are its answers on the val pairs; the benchmark still
@@ -211,12 +221,7 @@ class SelfGeneratedDataModule(PathsDataModule):
             teacher = load_teacher(self.teacher_path)
             self.data, self.provenance, path = load_or_generate(teacher, self, self.sampler, self.cache_dir,
                                                                 self.draws_per_prompt, self.seed, self.prefix_draws)
-            counts = self.provenance["counts"]
-            print(f"self-generated data {path}: " + ", ".join(
-                f"{k} {v['kept']} kept / {v['rejected']} rejected of {v['prompts']} prompts" for k, v in counts.items()))
-            if len(self.data["train"]) == 0:
-                raise ValueError(f"the teacher answered none of the {counts['train']['prompts']} training prompts "
-                                 "correctly; nothing to distill")
+            report_kept(path, self.data, self.provenance)
         return self.data
 
     def selection_canvases(self, mask_id: int) -> tuple[Tensor, Tensor]:

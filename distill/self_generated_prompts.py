@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from distill.prompt_data import PromptsDataModule
+from distill.self_generated import report_kept
 from distill.streams import shuffled_batches, train_loader
 from teachers.blockwise import BlockwiseSampler
 from teachers.saved import sha256_file
@@ -113,12 +114,7 @@ class SelfGeneratedPromptsDataModule(PromptsDataModule):
         if not (path / "provenance.json").is_file():
             self._generate(path, provenance)
         self.data, self.provenance = load_from_disk(str(path)), json.loads((path / "provenance.json").read_text())
-        counts = self.provenance["counts"]
-        print(f"self-generated data {path}: " + ", ".join(
-            f"{k} {v['kept']} kept / {v['rejected']} rejected of {v['prompts']} prompts" for k, v in counts.items()))
-        if len(self.data["train"]) == 0:
-            raise ValueError(f"the teacher answered none of the {counts['train']['prompts']} training prompts "
-                             "correctly; nothing to distill (check data.checker and the prompt format)")
+        report_kept(path, self.data, self.provenance, hint=" (check data.checker and the prompt format)")
         return self.data
 
     def _generate(self, path: Path, provenance: dict) -> None:

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Certainty-forcing distillation on `paths`: LoRA and full-weight students (timed, from an empty
-# data cache), the interface evaluations over 3 data seeds, and the threshold sweep (table + PNG).
+# Certainty-forcing distillation on `paths`: full-weight (default) and LoRA students (timed, from an
+# empty data cache), the interface evaluations over 3 data seeds, and the threshold sweep (table + PNG).
 #   flock /tmp/fewstep_cpu.lock bash benchmarks/certainty.sh [TEACHER_DIR]
-#   VARIANTS=lora ... trains and evaluates the default (LoRA) student only
+#   VARIANTS=full ... trains and evaluates the default (full-weight) student only
 set -euo pipefail
 TEACHER=${1:-runs/teacher_paths}
-VARIANTS=${VARIANTS:-lora full}
+VARIANTS=${VARIANTS:-full lora}
 OUT=runs/certainty
 export TQDM_DISABLE=1
 rm -rf "$OUT"
@@ -14,7 +14,7 @@ mkdir -p "$OUT/eval"
 # 1. distillation (the first run also generates the self-generated data set; the second reuses it)
 for variant in $VARIANTS; do
   experiment=certainty_paths
-  [ "$variant" = full ] && experiment=certainty_paths_full
+  [ "$variant" = lora ] && experiment=certainty_paths_lora
   start=$(date +%s)
   fewstep-train experiment=$experiment teacher.path="$TEACHER" data.cache_dir="$OUT/self_generated" \
     export_dir="$OUT/$variant/export" hydra.run.dir="$OUT/$variant/train" > "$OUT/train_$variant.log" 2>&1
@@ -23,7 +23,8 @@ for variant in $VARIANTS; do
 done
 
 # 2. the interface: held-out prompts, three data seeds
-threshold=$(python -c "import json; print(json.load(open('$OUT/lora/export/sampler.json'))['config']['threshold'])")
+first=${VARIANTS%% *}   # the teacher gets the same threshold decoder as the first student
+threshold=$(python -c "import json; print(json.load(open('$OUT/$first/export/sampler.json'))['config']['threshold'])")
 for seed in 0 1 2; do
   for variant in $VARIANTS; do
     fewstep-eval data=paths teacher=saved teacher.path="$TEACHER" sampler=saved sampler.path="$OUT/$variant/export" \

@@ -12,7 +12,7 @@ import time
 import torch
 from distill.data import PathsDataModule
 from distill.self_generated import complete_prefixes, load_or_generate, to_tokens
-from distill.certainty import complementary_masks, certainty_loss, score_pairs
+from distill.certainty import complementary_masks, certainty_loss, score_canvases, score_pairs
 from distill.masked_diffusion import warmup_cosine
 from students.entropy_threshold import EntropyThresholdSampler
 from teachers import BlockwiseSampler, load_teacher
@@ -40,6 +40,7 @@ ap.add_argument("--order", default="left_to_right")
 ap.add_argument("--prefix_draws", type=int, default=0)
 ap.add_argument("--prefix_frac", type=float, default=0.5)
 ap.add_argument("--block", type=int, default=32)
+ap.add_argument("--val_prefix_draws", type=int, default=0, help="also score prefix canvases of the val pairs")
 a = ap.parse_args()
 print(vars(a), flush=True)
 torch.manual_seed(a.seed)
@@ -66,6 +67,16 @@ opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=a.wd)
 sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, a.warmup, a.steps))
 gen = torch.Generator().manual_seed(a.seed + 1)
 amask = dm.answer_mask
+val_states = None
+if a.val_prefix_draws:  # val pairs + the first k tokens of a task walk, the rest masked
+    g = torch.Generator().manual_seed(a.seed + 7)
+    prompts = dm.pairs["val"].repeat_interleave(a.val_prefix_draws, dim=0)
+    walks = torch.cat([prompts, dm.task.sample_answers(prompts, g)], dim=1)
+    k = torch.randint(1, n, (len(walks),), generator=g)
+    walks[torch.arange(walks.shape[1])[None] >= 2 + k[:, None]] = teacher.mask_id
+    val_states = (walks, dm.task.prompt_weights(prompts))
+    ref, _ = score_canvases(BlockwiseSampler(temperature=0.0), teacher, *val_states, dm.task.check)
+    print(f"val states {len(walks)}; teacher argmax one token per step: {100 * ref:.2f}%", flush=True)
 TH = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]
 log = []
 def evaluate(step):
@@ -78,9 +89,16 @@ def evaluate(step):
             acc, nfe = score_pairs(student, teacher, dm.task, dm.pairs[split])
             out.append((t, round(acc * 100, 2), round(nfe, 2)))
         res[split] = out
+    if val_states is not None:
+        out = []
+        for t in TH:
+            student.threshold = t
+            acc, nfe = score_canvases(student, teacher, *val_states, dm.task.check)
+            out.append((t, round(acc * 100, 2), round(nfe, 2)))
+        res["val_states"] = out
     student.train()
     log.append(res)
-    for split in ("val", "test"):
+    for split in [k for k in ("val", "val_states", "test") if k in res]:
         print(f"step {step} {split}: " + "  ".join(f"{t}:{acc}/{nfe}" for t, acc, nfe in res[split]), flush=True)
 t0 = time.time()
 for step in range(1, a.steps + 1):

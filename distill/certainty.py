@@ -12,7 +12,9 @@ exactly once per pair. Loss on the masked tokens of the block:
 
 After training the decoding threshold is chosen on the validation pairs (never the test pairs): the
 largest candidate such that it and every smaller candidate stay within `tolerance` of the teacher's
-one-token-per-step argmax decoding on the same prompts (`choose_threshold`). With
+one-token-per-step argmax decoding on the same prompts, and, where the data module provides
+mid-answer states of the validation pairs (`selection_states`), within `tolerance` of the student's
+own accuracy on those states at its smallest threshold (`choose_threshold`). With
 `select_checkpoint`, every validation also runs that choice and the student keeps the weights of the
 validation whose chosen threshold needs the fewest forward passes.
 """
@@ -105,24 +107,39 @@ def score_pairs(sampler, denoiser: nn.Module, task, pairs: Tensor, steps: int | 
                           batch_size=max(len(pairs), 1))
 
 
-def choose_threshold(rows: list[dict], reference: float, tolerance: float) -> tuple[dict, bool]:
-    """The row to decode with, from rows {threshold, accuracy, nfe} of one sweep, and whether it is
-    within `tolerance` of the `reference` accuracy.
+def choose_threshold(rows: list[dict], reference: float, tolerance: float,
+                     state_reference: float | None = None) -> tuple[dict, bool]:
+    """The row to decode with, from rows {threshold, accuracy, nfe[, state_accuracy]} of one sweep, and
+    whether it is within `tolerance` of the `reference` accuracy.
 
     Walks the thresholds upward and stops at the first one that falls out of tolerance: the chosen row
     is the last one before it. A failure at a small threshold is read as a warning for the larger
-    ones, not as noise to skip past. If even the smallest fails: the most accurate row (fewest NFE on
-    ties).
+    ones, not as noise to skip past. With `state_reference` (the student's accuracy on the
+    mid-answer validation states at its smallest threshold), a row is also out when its
+    `state_accuracy` falls more than `tolerance` below that: the cost of parallel commits, measured
+    where there are enough decisions to see it. If even the smallest fails: the most accurate row
+    (fewest NFE on ties).
     """
+    def within(row: dict) -> bool:
+        if row["accuracy"] < reference - tolerance - 1e-12:
+            return False
+        return state_reference is None or row["state_accuracy"] >= state_reference - tolerance - 1e-12
+
     rows = sorted(rows, key=lambda r: r["threshold"])
     chosen = None
     for row in rows:
-        if row["accuracy"] < reference - tolerance - 1e-12:
+        if not within(row):
             break
         chosen = row
     if chosen is not None:
         return chosen, True
     return max(rows, key=lambda r: (r["accuracy"], -r["nfe"])), False
+
+
+def state_reference(rows: list[dict]) -> float | None:
+    """The student's accuracy on the validation states at its smallest threshold (None without states)."""
+    smallest = min(rows, key=lambda r: r["threshold"])
+    return smallest.get("state_accuracy")
 
 
 class CertaintyObjective(StudentObjective):
@@ -174,6 +191,7 @@ class CertaintyObjective(StudentObjective):
         self.select_checkpoint = select_checkpoint
         self.selection: dict | None = None
         self.teacher_val_accuracy: float | None = None
+        self.teacher_state_scores: tuple[float, float] | None = None
         self.checkpoints: list[dict] = []
         self.best_state: tuple[dict, dict] | None = None  # (student state, its checkpoints entry)
 
@@ -207,7 +225,7 @@ class CertaintyObjective(StudentObjective):
             return
         threshold = self.student.threshold
         teacher_accuracy, rows = self.validation_sweep()
-        best, within = choose_threshold(rows[1:], teacher_accuracy, self.tolerance)
+        best, within = choose_threshold(rows[1:], teacher_accuracy, self.tolerance, state_reference(rows[1:]))
         self.student.threshold = threshold
         self.log("val/chosen_threshold", best["threshold"], sync_dist=True)
         self.log("val/chosen_nfe", best["nfe"], sync_dist=True)
@@ -237,13 +255,20 @@ class CertaintyObjective(StudentObjective):
         self.restore_cheapest()
         self.select_threshold()
 
+    def selection_states(self) -> tuple[Tensor, Tensor] | None:
+        """Mid-answer validation states (canvases, weights) if the data module has them."""
+        states = getattr(self.trainer.datamodule, "selection_states", None)
+        return states(self.teacher.mask_id) if states is not None else None
+
     @torch.no_grad()
     def validation_sweep(self) -> tuple[float, list[dict]]:
         """The teacher's reference accuracy on the validation prompts (argmax, one token per step, as
         it decoded the data; computed once, the teacher is frozen) and the rows of the threshold
-        sweep (the teacher's row first)."""
+        sweep (the teacher's row first). With mid-answer validation states, every row also has
+        `state_accuracy` and `state_nfe` on them."""
         datamodule = self.trainer.datamodule
         canvases, weights = datamodule.selection_canvases(self.teacher.mask_id)
+        states = self.selection_states()
         n = int((canvases == self.teacher.mask_id).sum(-1).max())
         was_training = self.student.training
         self.student.eval()
@@ -253,29 +278,46 @@ class CertaintyObjective(StudentObjective):
                                          order=getattr(data_sampler, "order", "left_to_right"))
             self.teacher_val_accuracy, _ = score_canvases(reference, self.teacher, canvases, weights, datamodule.check,
                                                           n, batch_size=self.decode_batch_size)
+            if states is not None:
+                self.teacher_state_scores = score_canvases(reference, self.teacher, *states, datamodule.check,
+                                                           batch_size=self.decode_batch_size)
         rows = [{"sampler": "teacher (argmax, 1 token/step)", "threshold": None, "accuracy": self.teacher_val_accuracy,
                  "nfe": n}]
+        if states is not None:
+            rows[0]["state_accuracy"], rows[0]["state_nfe"] = self.teacher_state_scores
         for threshold in self.thresholds:
             self.student.threshold = threshold
             accuracy, nfe = score_canvases(self.student, self.teacher, canvases, weights, datamodule.check,
                                            batch_size=self.decode_batch_size)
-            rows.append({"sampler": "student", "threshold": threshold, "accuracy": accuracy, "nfe": nfe})
+            row = {"sampler": "student", "threshold": threshold, "accuracy": accuracy, "nfe": nfe}
+            if states is not None:
+                row["state_accuracy"], row["state_nfe"] = score_canvases(
+                    self.student, self.teacher, *states, datamodule.check, batch_size=self.decode_batch_size)
+            rows.append(row)
         self.student.train(was_training)
         return self.teacher_val_accuracy, rows
 
     def select_threshold(self) -> dict:
         """Set the student's threshold by `choose_threshold` on the validation prompts."""
         teacher_accuracy, rows = self.validation_sweep()
-        best, within = choose_threshold(rows[1:], teacher_accuracy, self.tolerance)
+        reference = state_reference(rows[1:])
+        best, within = choose_threshold(rows[1:], teacher_accuracy, self.tolerance, reference)
         self.student.threshold = best["threshold"]
-        prompts = len(self.trainer.datamodule.selection_canvases(self.teacher.mask_id)[0])
-        self.selection = {"split": "val", "pairs": prompts, "tolerance": self.tolerance, "rows": rows,
+        datamodule = self.trainer.datamodule
+        prompts = len(datamodule.selection_canvases(self.teacher.mask_id)[0])
+        states = self.selection_states()
+        self.selection = {"split": "val", "pairs": prompts, "states": len(states[0]) if states else 0,
+                          "state_reference": reference, "tolerance": self.tolerance, "rows": rows,
                           "chosen": best["threshold"], "within_tolerance": within,
                           "checkpoints": self.checkpoints or None,
                           "kept_step": self.best_state[1]["step"] if self.best_state is not None else None}
-        print(f"threshold chosen on {prompts} validation prompts: {best['threshold']:g} "
-              f"({'within' if within else 'NOT within'} {self.tolerance:g} of the teacher's accuracy)")
-        print(markdown_table(rows, ["sampler", "threshold", "accuracy", "nfe"]))
+        on = f"{prompts} validation prompts" + (f" and {len(states[0])} mid-answer states" if states else "")
+        print(f"threshold chosen on {on}: {best['threshold']:g} "
+              f"({'within' if within else 'NOT within'} {self.tolerance:g} of the teacher's accuracy"
+              + (f" and of the student's state accuracy at its smallest threshold, {reference:.4f}" if states else "")
+              + ")")
+        print(markdown_table(rows, ["sampler", "threshold", "accuracy", "nfe"]
+                             + (["state_accuracy", "state_nfe"] if states else [])))
         return self.selection
 
     def exported_student(self) -> nn.Module:

@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 import students
-from distill.certainty import already_correct, certainty_loss, choose_threshold, complementary_masks
+from distill.certainty import already_correct, certainty_loss, choose_threshold, complementary_masks, state_reference
 from distill.data import PathsDataModule
-from distill.self_generated import complete_prefixes, generate, load_or_generate, to_tokens
+from distill.self_generated import (SelfGeneratedDataModule, complete_prefixes, generate, load_or_generate,
+                                    to_tokens)
 from students.entropy_threshold import EntropyThresholdSampler, tempered_entropy
 from teachers import BlockwiseSampler, TransformerDenoiser, save_teacher
 from teachers.paths import PROMPT_LEN
@@ -214,6 +215,42 @@ def test_threshold_choice_without_any_row_in_tolerance_is_the_most_accurate():
     assert not within and chosen["threshold"] == 0.2  # most accurate, fewer NFE on the tie
 
 
+def test_threshold_choice_also_stops_where_the_validation_states_lose_accuracy():
+    rows = [{"threshold": t, "accuracy": 1.0, "nfe": n, "state_accuracy": s}
+            for t, n, s in ((0.2, 3.0, 0.9895), (0.01, 9.0, 0.995), (0.1, 4.0, 0.9901), (0.3, 2.0, 0.995))]
+    assert state_reference(rows) == 0.995  # the student's own, at its smallest threshold
+    # every bare prompt is right at every threshold; on the states 0.1 loses 0.49 points, 0.2 0.55
+    chosen, within = choose_threshold(rows, reference=1.0, tolerance=0.005, state_reference=state_reference(rows))
+    assert within and chosen["threshold"] == 0.1
+    chosen, within = choose_threshold(rows, reference=1.0, tolerance=0.005)  # without the states
+    assert within and chosen["threshold"] == 0.3
+    # the bare prompts still count: 0.1 out of tolerance there stops the walk at 0.01
+    rows[2]["accuracy"] = 0.99
+    chosen, within = choose_threshold(rows, 1.0, 0.005, state_reference(rows))
+    assert within and chosen["threshold"] == 0.01
+    assert state_reference(table((0.1, 1.0, 3.0))) is None
+
+
+def test_validation_states_are_val_pair_walk_prefixes_with_the_rest_masked(small_paths, tmp_path):
+    dm = SelfGeneratedDataModule(teacher_path=str(tmp_path), nodes=6, successors=2, answer_len=4, graph_seed=1,
+                                 heldout_fraction=0.25, val_fraction=0.15, val_prefix_draws=5)
+    mask_id, n = dm.vocab_size, dm.task.config.answer_len
+    canvases, weights = dm.selection_states(mask_id)
+    assert canvases.shape == (5 * len(dm.pairs["val"]), PROMPT_LEN + n)
+    assert {tuple(p) for p in canvases[:, :PROMPT_LEN].tolist()} == {tuple(p) for p in dm.pairs["val"].tolist()}
+    shown = (canvases[:, PROMPT_LEN:] != mask_id).sum(-1)
+    assert shown.min() >= 1 and shown.max() <= n - 1
+    answer = canvases[:, PROMPT_LEN:]
+    assert torch.equal(answer != mask_id, torch.arange(n)[None] < shown[:, None])  # a prefix, then masks
+    walk = torch.cat([canvases[:, :1], answer], 1)
+    for row, k in zip(walk.tolist(), shown.tolist()):  # the prefix follows edges from start
+        assert all(dm.task.edges[a, b] for a, b in zip(row[:k], row[1:k + 1]))
+    assert torch.allclose(weights, dm.task.prompt_weights(canvases[:, :PROMPT_LEN]))
+    assert torch.equal(dm.selection_states(mask_id)[0], canvases)  # the same states every time
+    assert SelfGeneratedDataModule(teacher_path=str(tmp_path), nodes=6, successors=2, answer_len=4,
+                                   graph_seed=1).selection_states(mask_id) is None
+
+
 def test_checkpoint_choice_keeps_the_weights_of_the_cheapest_validation_within_tolerance(tiny_teacher):
     from functools import partial
 
@@ -400,10 +437,10 @@ def test_train_and_eval_a_certainty_student_end_to_end(tmp_path):
                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     teacher = tmp_path / "teacher"
-    proc = run("fewstep-train", "experiment=certainty_paths", f"teacher.path={teacher}", *TINY_PATHS,
+    proc = run("fewstep-train", "experiment=certainty_paths_lora", f"teacher.path={teacher}", *TINY_PATHS,
                "data.batch_size=16", f"data.cache_dir={tmp_path / 'cache'}", "student.lora.r=2", "trainer.max_steps=4",
                "trainer.val_check_interval=2", "eval.num_samples=64", "objective.thresholds=[0.01,1.0]",
-               "objective.select_checkpoint=true", "data.prefix_draws=2",
+               "objective.select_checkpoint=true", "data.prefix_draws=2", "data.val_prefix_draws=2",
                f"export_dir={tmp_path / 'student'}", f"hydra.run.dir={tmp_path / 'st'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "threshold chosen on" in proc.stdout

@@ -49,7 +49,7 @@ EXPERIMENTS = {
     "lsd": ["experiment=lsd_oracle", *TINY_CHAIN],
     "lsd_joint": ["experiment=lsd_joint_oracle", *TINY_CHAIN],
     "joint_head": ["experiment=joint_head_oracle", *TINY_CHAIN, "student.n_head=2"],
-    "certainty": ["experiment=certainty_paths", *TINY_PATHS, "student.lora.r=2", "objective.thresholds=[0.01,1.0]"],
+    "certainty": ["experiment=certainty_paths_lora", *TINY_PATHS, "student.lora.r=2", "objective.thresholds=[0.01,1.0]"],
 }
 
 

@@ -29,7 +29,7 @@ from distill.report import markdown_table
 from students.entropy_threshold import EntropyThresholdSampler
 from teachers import BlockwiseSampler, load_teacher
 
-THRESHOLDS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5]
+THRESHOLDS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5]
 
 
 def sweep(teacher, learned: dict, dm: PathsDataModule, thresholds: list[float]) -> list[dict]:

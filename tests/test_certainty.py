@@ -448,6 +448,10 @@ def test_train_and_eval_a_certainty_student_end_to_end(tmp_path):
     assert meta["class"] == "EntropyThresholdSampler" and meta["config"]["lora"] is None  # merged
     assert meta["config"]["threshold"] == meta["threshold_selection"]["chosen"] in (0.01, 1.0)
     assert [c["step"] for c in meta["threshold_selection"]["checkpoints"]] == [2, 4]
+    selection = meta["threshold_selection"]  # the choice also saw 2 mid-answer states per val pair
+    assert selection["states"] == 2 * selection["pairs"] > 0
+    assert all(0 <= row["state_accuracy"] <= 1 for row in selection["rows"])
+    assert selection["state_reference"] == selection["rows"][1]["state_accuracy"]  # the smallest threshold
     assert meta["self_generated_data"]["prefix_draws"] == 2 and "train_prefixed" in meta["self_generated_data"]["counts"]
     assert meta["prompt_split"] == {"heldout_fraction": 0.2, "val_fraction": 0.1, "split_seed": 0}
     assert meta["finetune"]["trainable_parameters"] > 0 and meta["finetune"]["lora"]["r"] == 2

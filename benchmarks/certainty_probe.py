@@ -21,6 +21,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--teacher", default="/work/main/runs/teacher_paths")
 ap.add_argument("--cache", default="runs/self_generated_probe")
 ap.add_argument("--split_seed", type=int, default=1)
+ap.add_argument("--graph_seed", type=int, default=0, help="the teacher's graph (data.graph_seed it was trained with)")
 ap.add_argument("--val_fraction", type=float, default=0.1)
 ap.add_argument("--steps", type=int, default=800)
 ap.add_argument("--lr", type=float, default=1e-4)
@@ -45,7 +46,7 @@ a = ap.parse_args()
 print(vars(a), flush=True)
 torch.manual_seed(a.seed)
 teacher = load_teacher(a.teacher)
-dm = PathsDataModule(val_fraction=a.val_fraction, split_seed=a.split_seed)
+dm = PathsDataModule(val_fraction=a.val_fraction, split_seed=a.split_seed, graph_seed=a.graph_seed)
 data, prov, _ = load_or_generate(teacher, dm, BlockwiseSampler(temperature=0.0, order=a.order), a.cache)
 print(prov["counts"], flush=True)
 rows = to_tokens(data["train"])
@@ -77,7 +78,7 @@ if a.val_prefix_draws:  # val pairs + the first k tokens of a task walk, the res
     val_states = (walks, dm.task.prompt_weights(prompts))
     ref, _ = score_canvases(BlockwiseSampler(temperature=0.0), teacher, *val_states, dm.task.check)
     print(f"val states {len(walks)}; teacher argmax one token per step: {100 * ref:.2f}%", flush=True)
-TH = [0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]
+TH = [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]
 log = []
 def evaluate(step):
     student.eval()

@@ -117,8 +117,9 @@ def choose_threshold(rows: list[dict], reference: float, tolerance: float,
     ones, not as noise to skip past. With `state_reference` (the student's accuracy on the
     mid-answer validation states at its smallest threshold), a row is also out when its
     `state_accuracy` falls more than `tolerance` below that: the cost of parallel commits, measured
-    where there are enough decisions to see it. If even the smallest fails: the most accurate row
-    (fewest NFE on ties).
+    where there are enough decisions to see it. If even the smallest threshold is out of tolerance of
+    the teacher, the same walk is made against the student's own accuracy at its smallest threshold
+    (the cost of parallel commits alone), and the row is returned with False.
     """
     def within(row: dict) -> bool:
         if row["accuracy"] < reference - tolerance - 1e-12:
@@ -133,7 +134,7 @@ def choose_threshold(rows: list[dict], reference: float, tolerance: float,
         chosen = row
     if chosen is not None:
         return chosen, True
-    return max(rows, key=lambda r: (r["accuracy"], -r["nfe"])), False
+    return choose_threshold(rows, rows[0]["accuracy"], tolerance, state_reference)[0], False
 
 
 def state_reference(rows: list[dict]) -> float | None:

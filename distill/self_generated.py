@@ -16,6 +16,10 @@ distribution); the teacher completes it with the same deterministic decoding, an
 kept if the whole answer checks. Only training pairs are used, and the prefix is always shown, never
 a target (distill.certainty masks only the completion).
 
+Validation states (`val_prefix_draws` > 0): the val pairs with the first k tokens of a drawn walk
+shown and the rest masked. They are not decoded by the teacher or stored; the certainty objective
+completes them with the student when it chooses the decoding threshold (`selection_states`).
+
 On disk (built once under a temporary name, then renamed; reused while the key matches):
 
     cache_dir/<key>/train/, validation/   datasets.Dataset: start, goal, answer, prompt_weight

@@ -209,10 +209,13 @@ def test_threshold_choice_is_the_largest_before_the_first_out_of_tolerance():
     assert within and chosen["threshold"] == 0.3
 
 
-def test_threshold_choice_without_any_row_in_tolerance_is_the_most_accurate():
-    rows = table((0.01, 0.95, 15.0), (0.1, 0.97, 6.0), (0.2, 0.97, 4.0), (0.5, 0.9, 2.0))
+def test_threshold_choice_without_any_row_in_tolerance_walks_against_the_students_own_accuracy():
+    rows = table((0.01, 0.95, 15.0), (0.1, 0.97, 6.0), (0.2, 0.945, 4.0), (0.3, 0.93, 3.0), (0.5, 0.96, 2.0))
     chosen, within = choose_threshold(rows, reference=1.0, tolerance=0.01)
-    assert not within and chosen["threshold"] == 0.2  # most accurate, fewer NFE on the tie
+    assert not within and chosen["threshold"] == 0.2  # 0.3 is 2 points below the student's 95% at 0.01
+    rows = [{**row, "state_accuracy": s} for row, s in zip(rows, (0.99, 0.99, 0.97, 0.99, 0.99))]
+    chosen, within = choose_threshold(rows, 1.0, 0.01, state_reference(rows))
+    assert not within and chosen["threshold"] == 0.1  # the states stop it before 0.2
 
 
 def test_threshold_choice_also_stops_where_the_validation_states_lose_accuracy():

@@ -73,7 +73,7 @@ def diversity(teacher, learned: dict, dm: PathsDataModule, num: int, seed: int) 
         cases.append((f"student {name} (threshold {student.threshold:g}), T=1", sampled, n))
     rows = []
     for label, sampler, steps in cases:
-        row, _ = evaluate_sampler(teacher, sampler, bench, steps, num, 400, seed, label)
+        row, _, _ = evaluate_sampler(teacher, sampler, bench, steps, num, 400, seed, label)
         rows.append({"method": label, **{k: row[k] for k in ("accuracy", "nfe", "distinct_answers")}})
     return rows
 

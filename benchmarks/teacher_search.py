@@ -64,7 +64,7 @@ def main() -> None:
         sched.step()
         if step % (args.steps // args.evals) == 0:
             net.eval()
-            row, _ = evaluate_sampler(net, sampler, benchmark, full, 1000, 1000, 0, "search")
+            row, _, _ = evaluate_sampler(net, sampler, benchmark, full, 1000, 1000, 0, "search")
             net.train()
             quality = (f"gen_nll {row['gen_nll']:.4f} (+{100 * (row['gen_nll'] / ref['entropy_per_token'] - 1):.1f}%) "
                        f"bigram_kl {row['bigram_kl']:.4f}") if "gen_nll" in row else f"accuracy {row['accuracy']:.4f}"

@@ -51,10 +51,11 @@ def run_evaluation(denoiser, sampler, sampler_name: str, datamodule, eval_cfg, o
     start = time.perf_counter()
     rows, samples = [], {}
     for steps in step_counts:
-        row, tokens = evaluate_sampler(denoiser, sampler, benchmark, steps, eval_cfg.num_samples,
-                                       eval_cfg.batch_size, eval_cfg.seed, sampler_name)
+        row, tokens, nfe = evaluate_sampler(denoiser, sampler, benchmark, steps, eval_cfg.num_samples,
+                                            eval_cfg.batch_size, eval_cfg.seed, sampler_name)
         rows.append(row)
         samples[sample_key(sampler_name, steps)] = tokens
+        samples[sample_key(sampler_name, steps) + "/nfe"] = nfe  # forward passes per sequence
     row, tokens = reference_row(benchmark, eval_cfg.num_samples, eval_cfg.seed)
     rows.append(row)
     samples[sample_key("data", None)] = tokens

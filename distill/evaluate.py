@@ -47,14 +47,16 @@ def evaluate_sampler(
     seed: int,
     sampler_name: str,
 ) -> tuple[dict, Tensor]:
-    """One table row: `num_samples` sequences at `steps` steps. Returns (row, tokens)."""
+    """One table row: `num_samples` sequences at `steps` steps. Returns (row, tokens, forward passes
+    per sequence): samplers that stop each row on its own (the entropy-threshold decoder) report
+    them per row, the others spend `steps` on every row."""
     device = next(iter(denoiser.parameters()), torch.empty(0)).device
     generator = torch.Generator(device=device).manual_seed(seed)
     canvases = benchmark.canvases(num_samples, denoiser.mask_id, generator).to(device)
     group = benchmark_group(benchmark)
     batch_size = max(group, batch_size - batch_size % group)
     forwards = ForwardPassMetric()
-    outputs, wall, head_passes = [], 0.0, None
+    outputs, nfe_per_row, wall, head_passes = [], [], 0.0, None
     for chunk in tqdm(canvases.split(batch_size), desc=f"{sampler_name} steps={steps}", leave=False):
         start = time.perf_counter()
         out = sampler.sample(denoiser, steps, prompt=chunk, generator=generator)
@@ -63,6 +65,8 @@ def evaluate_sampler(
         wall += time.perf_counter() - start
         forwards.update(out.nfe, int((chunk == denoiser.mask_id).sum()), chunk.shape[0])
         outputs.append(out.tokens.cpu())
+        per_row = out.nfe_per_row if out.nfe_per_row is not None else torch.full((chunk.shape[0],), out.nfe)
+        nfe_per_row.append(per_row.cpu().double())
         if out.head_passes is not None:  # summed over sequences, like nfe
             head_passes = (head_passes or 0) + out.head_passes * chunk.shape[0]
     row = {"sampler": sampler_name, "steps": steps, **{k: _value(v) for k, v in forwards.compute().items()}}
@@ -70,7 +74,7 @@ def evaluate_sampler(
         row["head_passes"] = head_passes / canvases.shape[0]
     row.update(_score(benchmark, outputs))
     row["wall_s"] = round(wall, 4)
-    return row, torch.cat(outputs)
+    return row, torch.cat(outputs), torch.cat(nfe_per_row)
 
 
 def benchmark_group(benchmark) -> int:
@@ -87,7 +91,9 @@ def reference_row(benchmark, num_samples: int, seed: int) -> tuple[dict, Tensor]
 
 def write_run(out_dir: str | Path, rows: list[dict], samples: dict[str, Tensor], benchmark, config: dict,
               wall_s: float | None = None) -> Path:
-    """metrics.json (rows + summary + resolved config), samples.safetensors, and the source tensors."""
+    """metrics.json (rows + summary + resolved config), samples.safetensors (token ids under
+    `SAMPLER/steps=T`, forward passes per sequence under `SAMPLER/steps=T/nfe`, true data under
+    `data`), and the source tensors."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in samples.items()}, out_dir / "samples.safetensors")
@@ -96,6 +102,8 @@ def write_run(out_dir: str | Path, rows: list[dict], samples: dict[str, Tensor],
     if hasattr(benchmark, "decode"):  # text: the samples a person can read
         lines = []
         for key, tokens in samples.items():
+            if key.endswith("/nfe"):
+                continue
             lines += [f"## {key}", *(t.replace("\n", " ") for t in benchmark.decode(tokens)), ""]
         (out_dir / "samples.txt").write_text("\n".join(lines))
     payload = {"rows": rows, "reference": benchmark.summary(), "samples_keys": list(samples), "config": config,

@@ -110,7 +110,7 @@ class MaskedDiffusionObjective(L.LightningModule):
             return
         benchmark = self.trainer.datamodule.benchmark()
         steps = int(self.trainer.datamodule.answer_mask.sum())  # one token per step
-        row, _ = evaluate_sampler(self.network, self.val_sampler, benchmark, steps, self.val_samples,
+        row, _, _ = evaluate_sampler(self.network, self.val_sampler, benchmark, steps, self.val_samples,
                                   self.val_samples, seed=0, sampler_name="val")
         for key in ("gen_nll", "bigram_kl", "accuracy", "entropy"):
             if key in row:

@@ -97,7 +97,7 @@ class StudentObjective(L.LightningModule):
         benchmark = self.trainer.datamodule.benchmark()
         generated = int(self.trainer.datamodule.answer_mask.sum())
         for steps in self.student.default_steps(generated):
-            row, _ = evaluate_sampler(self.teacher, self.student, benchmark, steps, self.val_samples, self.val_samples,
+            row, _, _ = evaluate_sampler(self.teacher, self.student, benchmark, steps, self.val_samples, self.val_samples,
                                       seed=0, sampler_name="val")
             for key in ("gen_nll", "bigram_kl", "accuracy", "entropy", "nfe"):
                 if key in row:

@@ -70,6 +70,7 @@ def test_eval_metrics_recompute_from_saved_samples(trained, tmp_path):
         assert row["pair_kl_d2"] == pytest.approx(pair.compute().item(), abs=1e-9)
         if row["steps"] is not None:
             assert row["nfe"] == row["steps"] and row["tokens_per_forward"] == pytest.approx(8 / row["steps"])
+            assert torch.all(samples[key + "/nfe"] == row["steps"])  # a fixed-step sampler: steps on every row
     assert payload["config"]["sampler"]["_target_"] == "teachers.DilatedSampler"
 
 

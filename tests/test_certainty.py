@@ -469,6 +469,13 @@ def test_train_and_eval_a_certainty_student_end_to_end(tmp_path):
     assert row["sampler"] == "certainty" and row["steps"] == 4
     assert 1 <= row["nfe"] <= 4 and 0 <= row["accuracy"] <= 1
     assert row["tokens_per_forward"] == pytest.approx(4 / row["nfe"])
+    samples = load_file(out / "samples.safetensors")  # accuracy and NFE recompute from the saved samples
+    tokens, nfe = samples["certainty/steps=4"], samples["certainty/steps=4/nfe"]
+    task = PathsDataModule(nodes=6, successors=2, answer_len=4, graph_seed=1).task
+    assert torch.equal(load_file(out / "graph.safetensors")["transition"], task.transition)
+    assert row["accuracy"] == pytest.approx(task.check(tokens).double().mean().item(), abs=1e-12)
+    assert row["nfe"] == pytest.approx(nfe.mean().item(), abs=1e-12)
+    assert len(nfe) == len(tokens) == 80 and nfe.min() >= 1 and nfe.max() <= 4
     proc = run("fewstep-eval", "data=paths", *TINY_PATHS, "data.heldout_fraction=0.3", "teacher=saved",
                f"teacher.path={teacher}", "sampler=saved", f"sampler.path={tmp_path / 'student'}",
                f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)

@@ -11,7 +11,7 @@ import time
 
 import torch
 from distill.data import PathsDataModule
-from distill.self_generated import complete_prefixes, load_or_generate, to_tokens
+from distill.self_generated import complete_prefixes, load_or_generate, prefix_canvases, to_tokens
 from distill.certainty import complementary_masks, certainty_loss, score_canvases, score_pairs
 from distill.masked_diffusion import warmup_cosine
 from students.entropy_threshold import EntropyThresholdSampler
@@ -70,36 +70,31 @@ gen = torch.Generator().manual_seed(a.seed + 1)
 amask = dm.answer_mask
 val_states = None
 if a.val_prefix_draws:  # val pairs + the first k tokens of a task walk, the rest masked
-    g = torch.Generator().manual_seed(a.seed + 7)
-    prompts = dm.pairs["val"].repeat_interleave(a.val_prefix_draws, dim=0)
-    walks = torch.cat([prompts, dm.task.sample_answers(prompts, g)], dim=1)
-    k = torch.randint(1, n, (len(walks),), generator=g)
-    walks[torch.arange(walks.shape[1])[None] >= 2 + k[:, None]] = teacher.mask_id
-    val_states = (walks, dm.task.prompt_weights(prompts))
+    walks, _ = prefix_canvases(dm.task, dm.pairs["val"], a.val_prefix_draws, teacher.mask_id,
+                               torch.Generator().manual_seed(a.seed + 7))
+    val_states = (walks, dm.task.prompt_weights(walks[:, :2]))
     ref, _ = score_canvases(BlockwiseSampler(temperature=0.0), teacher, *val_states, dm.task.check)
     print(f"val states {len(walks)}; teacher argmax one token per step: {100 * ref:.2f}%", flush=True)
 TH = [0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5]
 log = []
+scorers = {"val": lambda: score_pairs(student, teacher, dm.task, dm.pairs["val"]),
+           "val_states": lambda: score_canvases(student, teacher, *val_states, dm.task.check),
+           "test": lambda: score_pairs(student, teacher, dm.task, dm.pairs["test"])}
+if val_states is None:
+    del scorers["val_states"]
 def evaluate(step):
     student.eval()
     res = {"step": step}
-    for split in ("val", "test"):
+    for split, score in scorers.items():
         out = []
         for t in TH:
             student.threshold = t
-            acc, nfe = score_pairs(student, teacher, dm.task, dm.pairs[split])
+            acc, nfe = score()
             out.append((t, round(acc * 100, 2), round(nfe, 2)))
         res[split] = out
-    if val_states is not None:
-        out = []
-        for t in TH:
-            student.threshold = t
-            acc, nfe = score_canvases(student, teacher, *val_states, dm.task.check)
-            out.append((t, round(acc * 100, 2), round(nfe, 2)))
-        res["val_states"] = out
     student.train()
     log.append(res)
-    for split in [k for k in ("val", "val_states", "test") if k in res]:
+    for split in scorers:
         print(f"step {step} {split}: " + "  ".join(f"{t}:{acc}/{nfe}" for t, acc, nfe in res[split]), flush=True)
 t0 = time.time()
 for step in range(1, a.steps + 1):

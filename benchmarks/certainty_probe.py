@@ -10,10 +10,10 @@ import json
 import time
 
 import torch
-from distill.data import PathsDataModule
-from distill.self_generated import complete_prefixes, load_or_generate, prefix_canvases, to_tokens
-from distill.certainty import complementary_masks, certainty_loss, score_canvases, score_pairs
-from distill.masked_diffusion import warmup_cosine
+from distill.data.sources import PathsDataModule
+from distill.data.self_generated import complete_prefixes, load_or_generate, prefix_canvases, to_tokens
+from distill.objectives.certainty import complementary_masks, certainty_loss, score_canvases, score_pairs
+from distill.objectives.masked_diffusion import warmup_cosine
 from students.entropy_threshold import EntropyThresholdSampler
 from teachers import BlockwiseSampler, load_teacher
 
@@ -53,7 +53,7 @@ rows = to_tokens(data["train"])
 n = dm.task.config.answer_len
 plen = torch.zeros(len(rows), dtype=torch.long)
 n_orig = len(rows)
-if a.prefix_draws:  # prefix prompts of the training pairs (distill/self_generated.py)
+if a.prefix_draws:  # prefix prompts of the training pairs (distill/data/self_generated.py)
     t0 = time.time()
     extra, extra_k, ok = complete_prefixes(teacher, dm.task, dm.pairs["train"], a.prefix_draws,
                                            BlockwiseSampler(temperature=0.0, order=a.order), torch.Generator().manual_seed(123))

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 import students
-from distill.certainty import score_pairs
-from distill.data import PathsDataModule
-from distill.evaluate import evaluate_sampler
-from distill.report import markdown_table
+from distill.objectives.certainty import score_pairs
+from distill.data.sources import PathsDataModule
+from distill.evaluation.evaluate import evaluate_sampler
+from distill.evaluation.report import markdown_table
 from students.entropy_threshold import EntropyThresholdSampler
 from teachers import BlockwiseSampler, load_teacher
 

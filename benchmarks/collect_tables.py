@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-from distill.compare_app import collect_rows, find_metrics
-from distill.report import markdown_table
+from distill.apps.compare import collect_rows, find_metrics
+from distill.evaluation.report import markdown_table
 
 
 def main(root: str) -> None:

@@ -16,9 +16,9 @@ from functools import partial
 
 import torch
 
-from distill.data import SourceDataModule
-from distill.joint_head import JointHeadObjective
-from distill.teacher_setup import oracle_teacher, saved_teacher
+from distill.data.sources import SourceDataModule
+from distill.objectives.joint_head import JointHeadObjective
+from distill.apps.teacher_setup import oracle_teacher, saved_teacher
 from students import JointHeadSampler
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 import students
-from distill.data import SourceDataModule
-from distill.teacher_setup import oracle_teacher, saved_teacher
+from distill.data.sources import SourceDataModule
+from distill.apps.teacher_setup import oracle_teacher, saved_teacher
 from teachers import ConfidenceSampler
 
 COLS = ["sampler", "full forwards", "head passes", "gen NLL", "bigram KL", "pair KL d4", "low-prob rate", "entropy",

@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from distill.data import PathsDataModule, SourceDataModule
-from distill.evaluate import evaluate_sampler
-from distill.masked_diffusion import mask_tokens, masked_ce, warmup_cosine
+from distill.data.sources import PathsDataModule, SourceDataModule
+from distill.evaluation.evaluate import evaluate_sampler
+from distill.objectives.masked_diffusion import mask_tokens, masked_ce, warmup_cosine
 from teachers import AncestralSampler, BlockwiseSampler, TransformerDenoiser
 
 DATA = {

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from students.lora import adapter_state, check_lora, load_adapter_state
 from students.own_denoiser import (attach_lora, copy_denoiser, denoiser_spec, is_hf_spec, lora_network,
                                    merged_denoiser)
-from teachers.sampling import SampleOutput, draw_tokens, make_canvas
+from teachers.samplers.base import SampleOutput, draw_tokens, make_canvas
 from teachers.transformer import TransformerDenoiser
 
 

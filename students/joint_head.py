@@ -22,9 +22,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from teachers.ancestral import AncestralSampler
-from teachers.confidence import SCORES, ConfidenceSampler
-from teachers.sampling import MaskedSampler, SampleOutput, draw_tokens, make_canvas, reveal_counts, top_k_mask
+from teachers.samplers.ancestral import AncestralSampler
+from teachers.samplers.confidence import SCORES, ConfidenceSampler
+from teachers.samplers.base import MaskedSampler, SampleOutput, draw_tokens, make_canvas, reveal_counts, top_k_mask
 from teachers.transformer import Block
 
 RULES = (*SCORES, "random")

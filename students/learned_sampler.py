@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from students.reveal_rule import FEATURES, STATIC, race_select, static_features
-from teachers.sampling import SampleOutput, draw_tokens, make_canvas
+from teachers.samplers.base import SampleOutput, draw_tokens, make_canvas
 
 PARTS = ("coefficient", "grid", "rule")
 

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from students.learned_sampler import LearnedSampler
-from teachers.sampling import SampleOutput
+from teachers.samplers.base import SampleOutput
 
 
 class RuleSampler:

@@ -1,13 +1,13 @@
 """Frozen denoisers, ground-truth sources and reference multi-step samplers (plain torch)."""
 
-from teachers.ancestral import AncestralSampler
-from teachers.blockwise import BlockwiseSampler
-from teachers.confidence import ConfidenceSampler
-from teachers.dilated import DilatedSampler
-from teachers.hmm import HiddenMarkovSource, SourceConfig
+from teachers.samplers.ancestral import AncestralSampler
+from teachers.samplers.blockwise import BlockwiseSampler
+from teachers.samplers.confidence import ConfidenceSampler
+from teachers.samplers.dilated import DilatedSampler
+from teachers.sources.hmm import HiddenMarkovSource, SourceConfig
 from teachers.oracle import OracleDenoiser
-from teachers.paths import PathsConfig, PathsTask
-from teachers.sampling import MaskedSampler, SampleOutput
+from teachers.sources.paths import PathsConfig, PathsTask
+from teachers.samplers.base import MaskedSampler, SampleOutput
 from teachers.saved import load_teacher, save_teacher
 from teachers.transformer import TransformerDenoiser
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from teachers.hmm import HiddenMarkovSource
+from teachers.sources.hmm import HiddenMarkovSource
 
 
 class OracleDenoiser(nn.Module):

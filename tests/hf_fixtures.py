@@ -170,7 +170,7 @@ def fit_on_prompts(path: Path, file: Path, prompt_len: int = 8, answer_len: int 
     import torch
     from transformers import AutoModel, AutoModelForMaskedLM
 
-    from distill.prompt_data import PromptsDataModule
+    from distill.data.prompts import PromptsDataModule
 
     remote = (path / "modeling_tinydiff.py").is_file()
     auto = AutoModel if remote else AutoModelForMaskedLM

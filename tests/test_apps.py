@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from distill.metrics import EntropyMetric, GenNLLMetric, PairKLMetric
+from distill.evaluation.metrics import EntropyMetric, GenNLLMetric, PairKLMetric
 from teachers import HiddenMarkovSource
 
 TINY_DATA = ["data.vocab_size=6", "data.seq_len=8", "data.batch_size=32", "data.val_size=64"]
@@ -102,7 +102,7 @@ def test_existing_export_dir_is_refused_before_training(tmp_path):
 
 
 def test_export_from_checkpoint_samples_token_identically(trained, tmp_path):
-    from distill.export_app import network_from_checkpoint, read_checkpoint
+    from distill.apps.export import network_from_checkpoint, read_checkpoint
     from teachers import AncestralSampler, load_teacher
 
     ckpt = trained / "run" / "checkpoints" / "last.ckpt"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.data import PathsDataModule, SourceDataModule
+from distill.data.sources import PathsDataModule, SourceDataModule
 from students import LearnedSampler, save_student
 from teachers import TransformerDenoiser, save_teacher
 

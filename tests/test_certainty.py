@@ -15,13 +15,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 import students
-from distill.certainty import already_correct, certainty_loss, choose_threshold, complementary_masks, state_reference
-from distill.data import PathsDataModule
-from distill.self_generated import (SelfGeneratedDataModule, complete_prefixes, generate, load_or_generate,
+from distill.objectives.certainty import already_correct, certainty_loss, choose_threshold, complementary_masks, state_reference
+from distill.data.sources import PathsDataModule
+from distill.data.self_generated import (SelfGeneratedDataModule, complete_prefixes, generate, load_or_generate,
                                     to_tokens)
 from students.entropy_threshold import EntropyThresholdSampler, tempered_entropy
 from teachers import BlockwiseSampler, TransformerDenoiser, save_teacher
-from teachers.paths import PROMPT_LEN
+from teachers.sources.paths import PROMPT_LEN
 
 
 # --- loss pieces ----------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def test_validation_states_are_val_pair_walk_prefixes_with_the_rest_masked(small
 def test_checkpoint_choice_keeps_the_weights_of_the_cheapest_validation_within_tolerance(tiny_teacher):
     from functools import partial
 
-    from distill.certainty import CertaintyObjective
+    from distill.objectives.certainty import CertaintyObjective
 
     objective = CertaintyObjective(EntropyThresholdSampler(), tiny_teacher, optimizer=partial(torch.optim.AdamW),
                                    vocab_size=6, seq_len=6, select_checkpoint=True)
@@ -401,7 +401,7 @@ def test_prefix_prompts_keep_their_prefix_and_the_teacher_completes_the_rest(sma
 
 
 def test_training_batches_mix_whole_answers_and_prefix_prompts_whose_prefix_is_never_a_target(small_paths):
-    from distill.self_generated import SelfGeneratedDataModule
+    from distill.data.self_generated import SelfGeneratedDataModule
 
     dm = SelfGeneratedDataModule(teacher_path="unused", nodes=6, successors=2, answer_len=4, graph_seed=1,
                                  heldout_fraction=0.25, val_fraction=0.15, batch_size=40, prefix_draws=3,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.compare_app import compare
+from distill.apps.compare import compare
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from distill.cli import CONF_DIR
+from distill.apps.cli import CONF_DIR
 from students import LearnedSampler, save_student
 from teachers import TransformerDenoiser, save_teacher
 
@@ -76,8 +76,8 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
 
 GPU_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith(("llada_", "dream_"))]
 HIDDEN_SIZE = {"llada": 4096, "dream": 3584}  # LLaDA-8B-Instruct, Dream-v0-Instruct-7B (their config.json)
-OBJECTIVES = {"certainty": "distill.certainty.CertaintyObjective", "joint_head": "distill.joint_head.JointHeadObjective",
-              "lsd_joint": "distill.lsd.LSDObjective"}
+OBJECTIVES = {"certainty": "distill.objectives.certainty.CertaintyObjective", "joint_head": "distill.objectives.joint_head.JointHeadObjective",
+              "lsd_joint": "distill.objectives.lsd.LSDObjective"}
 
 
 @pytest.mark.parametrize("experiment", GPU_EXPERIMENTS)

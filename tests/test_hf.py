@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import students
-from distill.metrics import GenPPLMetric
-from distill.teacher_setup import hf_diffusion_lm, hf_masked_lm
-from distill.text_data import TextDataModule, pack_blocks
+from distill.evaluation.metrics import GenPPLMetric
+from distill.apps.teacher_setup import hf_diffusion_lm, hf_masked_lm
+from distill.data.text import TextDataModule, pack_blocks
 from teachers import AncestralSampler
 from teachers.hf import HFDiffusionLM, HFMaskedLM
 
@@ -150,14 +150,14 @@ def test_reference_sampler_never_draws_special_tokens(models):
 
 
 def test_last_number_checker():
-    from distill.prompt_data import last_number
+    from distill.data.prompts import last_number
 
     assert last_number("so 3 + 4 = 7\n#### 1,234") == "1234" and last_number("no digits") is None
     assert last_number("it costs 12.") == "12"
 
 
 def test_prompt_rows_layout_split_and_accuracy(models, tmp_path):
-    from distill.prompt_data import PromptsDataModule
+    from distill.data.prompts import PromptsDataModule
 
     data = PromptsDataModule(str(qa_file(tmp_path / "qa.jsonl")), str(models["bert"]), question_field="q",
                              answer_field="a", prompt_len=8, answer_len=4, checker="exact", val_fraction=0.25)
@@ -177,7 +177,7 @@ def test_prompt_rows_layout_split_and_accuracy(models, tmp_path):
 
 
 def test_prompts_without_usable_rows_are_named(models, tmp_path):
-    from distill.prompt_data import PromptsDataModule
+    from distill.data.prompts import PromptsDataModule
 
     (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "x"}))
     with pytest.raises(ValueError, match="no usable rows.*data.question_field"):

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 import students
-from distill.prompt_data import PromptsDataModule
-from distill.self_generated_prompts import SelfGeneratedPromptsDataModule
-from distill.teacher_setup import hf_diffusion_lm, hf_masked_lm
-from distill.text_data import TextDataModule
+from distill.data.prompts import PromptsDataModule
+from distill.data.self_generated_prompts import SelfGeneratedPromptsDataModule
+from distill.apps.teacher_setup import hf_diffusion_lm, hf_masked_lm
+from distill.data.text import TextDataModule
 from students.entropy_threshold import EntropyThresholdSampler
 from teachers.hf import HFDiffusionLM, HFMaskedLM
 
@@ -199,7 +199,7 @@ def test_self_generated_prompt_data_keep_only_checked_answers_and_never_held_out
         kept = torch.tensor(dataset[split]["tokens"])
         assert set(dataset[split]["row"]) <= rows and data.check(kept).all()  # only checked answers ...
         canvases = data.canvases(torch.tensor(sorted(rows)), teacher.mask_id)
-        from distill.self_generated_prompts import decode_rows
+        from distill.data.self_generated_prompts import decode_rows
 
         decoded = decode_rows(teacher, canvases, data.sampler, 4, 64)
         ok = data.check(decoded)

@@ -1,4 +1,4 @@
-"""The joint-sampling head (students.JointHeadSampler) and its objective (distill.joint_head)."""
+"""The joint-sampling head (students.JointHeadSampler) and its objective (distill.objectives.joint_head)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file
 
 import students
-from distill.cli import CONF_DIR
-from distill.data import SourceDataModule
-from distill.joint_head import JointHeadObjective, forward_kl
+from distill.apps.cli import CONF_DIR
+from distill.data.sources import SourceDataModule
+from distill.objectives.joint_head import JointHeadObjective, forward_kl
 from students import JointHeadSampler
 from students.joint_head import JointHead
 from teachers import ConfidenceSampler, HiddenMarkovSource, OracleDenoiser, SourceConfig, TransformerDenoiser, save_teacher

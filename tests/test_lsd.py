@@ -11,9 +11,9 @@ import lightning as L
 import pytest
 import torch
 
-from distill.data import SourceDataModule
-from distill.export_app import export_checkpoint
-from distill.lsd import LSDObjective, joint_rollout
+from distill.data.sources import SourceDataModule
+from distill.apps.export import export_checkpoint
+from distill.objectives.lsd import LSDObjective, joint_rollout
 from students import LearnedSampler, RuleSampler, load
 from students.reveal_rule import nearest_distance, race_select
 from teachers import AncestralSampler, HiddenMarkovSource, OracleDenoiser, SourceConfig, TransformerDenoiser

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from distill.metrics import (
+from distill.evaluation.metrics import (
     AccuracyMetric, DistinctAnswersMetric, EntropyMetric, ForwardPassMetric, GenNLLMetric, LowProbRateMetric,
     PairKLMetric, kl_to_smoothed_counts,
 )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from teachers import PathsConfig, PathsTask
-from teachers.paths import PROMPT_LEN
+from teachers.sources.paths import PROMPT_LEN
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.metrics import PairKLMetric
+from distill.evaluation.metrics import PairKLMetric
 from teachers import (
     AncestralSampler, BlockwiseSampler, ConfidenceSampler, DilatedSampler, HiddenMarkovSource, OracleDenoiser,
     SourceConfig,
 )
-from teachers.dilated import dilated_rank
-from teachers.sampling import reveal_counts
+from teachers.samplers.dilated import dilated_rank
+from teachers.samplers.base import reveal_counts
 from tests.conftest import all_sequences
 
 SAMPLERS = [AncestralSampler(), AncestralSampler(counts="binomial"), ConfidenceSampler(), ConfidenceSampler(score="max_prob"),
@@ -149,7 +149,7 @@ def test_dilated_order_is_not_exact_on_the_default_hidden_source():
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from distill.cli import CONF_DIR
+    from distill.apps.cli import CONF_DIR
 
     source = instantiate(OmegaConf.load(Path(CONF_DIR) / "data" / "hmm.yaml")).source  # the shipped default
     oracle = OracleDenoiser(source)

@@ -7,7 +7,7 @@ import itertools
 import torch
 
 from distill.seeding import derived_seed
-from distill.streams import SlicedStream, sampled_batches, shuffled_batches
+from distill.data.streams import SlicedStream, sampled_batches, shuffled_batches
 
 
 def _take(stream: SlicedStream, n: int) -> list[torch.Tensor]:

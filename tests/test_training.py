@@ -9,8 +9,8 @@ import lightning as L
 import pytest
 import torch
 
-from distill.data import PathsDataModule, SourceDataModule
-from distill.masked_diffusion import MaskedDiffusionObjective, mask_tokens, masked_ce, warmup_cosine
+from distill.data.sources import PathsDataModule, SourceDataModule
+from distill.objectives.masked_diffusion import MaskedDiffusionObjective, mask_tokens, masked_ce, warmup_cosine
 from teachers import TransformerDenoiser, load_teacher, save_teacher
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from teachers.sampling import MaskedSampler, draw_tokens, uniform_scores
+from teachers.samplers.base import MaskedSampler, draw_tokens, uniform_scores
 
 
 class AncestralSampler(MaskedSampler):

@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 import students
-from distill.lsd import start_canvas
-from distill.student_objective import StudentObjective
+from distill.objectives.lsd import start_canvas
+from distill.objectives.base import StudentObjective
 from students.joint_head import reveal_one
 
 

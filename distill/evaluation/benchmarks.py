@@ -7,11 +7,11 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from distill.metrics import (
+from distill.evaluation.metrics import (
     AccuracyMetric, DistinctAnswersMetric, EntropyMetric, GenNLLMetric, LowProbRateMetric, PairKLMetric,
 )
-from teachers.hmm import HiddenMarkovSource
-from teachers.paths import PROMPT_LEN, PathsTask
+from teachers.sources.hmm import HiddenMarkovSource
+from teachers.sources.paths import PROMPT_LEN, PathsTask
 
 
 class SequenceBenchmark:

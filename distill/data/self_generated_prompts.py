@@ -30,10 +30,10 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from distill.prompt_data import PromptsDataModule
-from distill.self_generated import report_kept
-from distill.streams import shuffled_batches, train_loader
-from teachers.blockwise import BlockwiseSampler
+from distill.data.prompts import PromptsDataModule
+from distill.data.self_generated import report_kept
+from distill.data.streams import shuffled_batches, train_loader
+from teachers.samplers.blockwise import BlockwiseSampler
 from teachers.saved import sha256_file
 
 FORMAT = "fewstep-self-generated-prompts/1"

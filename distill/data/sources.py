@@ -14,10 +14,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from distill.benchmarks import PathsBenchmark, SequenceBenchmark
-from distill.streams import sampled_batches, train_loader
-from teachers.hmm import HiddenMarkovSource, SourceConfig
-from teachers.paths import PROMPT_LEN, PathsConfig, PathsTask
+from distill.evaluation.benchmarks import PathsBenchmark, SequenceBenchmark
+from distill.data.streams import sampled_batches, train_loader
+from teachers.sources.hmm import HiddenMarkovSource, SourceConfig
+from teachers.sources.paths import PROMPT_LEN, PathsConfig, PathsTask
 
 
 def _fixed_batches(tokens: Tensor, answer_mask: Tensor, batch_size: int) -> list[dict[str, Tensor]]:

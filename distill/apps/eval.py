@@ -19,9 +19,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import students
-from distill.cli import CONF_DIR, check_override_keys, user_errors
-from distill.evaluate import evaluate_sampler, reference_row, sample_key, write_run
-from distill.report import markdown_table
+from distill.apps.cli import CONF_DIR, check_override_keys, user_errors
+from distill.evaluation.evaluate import evaluate_sampler, reference_row, sample_key, write_run
+from distill.evaluation.report import markdown_table
 
 
 def resolve_steps(steps: list[int] | None, generated: int) -> list[int]:

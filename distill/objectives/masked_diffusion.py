@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distill.evaluate import evaluate_sampler
+from distill.evaluation.evaluate import evaluate_sampler
 from distill.seeding import step_generator
 from teachers.saved import save_teacher
 

@@ -15,7 +15,19 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _conf_dir() -> str:
+    """Where the configs are: shipped inside the package (`pip install .` maps conf/ to distill/conf),
+    or the checkout's top-level conf/ (editable install)."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"fewstep's configs (train.yaml) are neither in {here / 'conf'} nor in {here.parent / 'conf'}: reinstall with `pip install .`")
+
+
+CONF_DIR = _conf_dir()
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, MissingMandatoryValue, MisconfigurationException)
 
 

@@ -1,7 +1,7 @@
 """Certainty-forcing distillation (dParallel, Chen et al. 2025).
 
 The student starts as a copy of the teacher (LoRA adapters via PEFT, or all weights) and is trained
-on the teacher's own verified answers (distill/self_generated.py). Each answer's active block (one
+on the teacher's own verified answers (distill/data/self_generated.py). Each answer's active block (one
 semi-autoregressive block, drawn at random; earlier blocks shown, later blocks masked) is masked at a
 random ratio r, and a second copy masks the complement, so each token of the block is supervised
 exactly once per pair. Loss on the masked tokens of the block:
@@ -28,12 +28,12 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 import students
-from distill.masked_diffusion import masked_ce
-from distill.report import markdown_table
-from distill.student_objective import StudentObjective
+from distill.objectives.masked_diffusion import masked_ce
+from distill.evaluation.report import markdown_table
+from distill.objectives.base import StudentObjective
 from students.entropy_threshold import block_index, tempered_entropy
 from students.lora import count_trainable
-from teachers.blockwise import BlockwiseSampler
+from teachers.samplers.blockwise import BlockwiseSampler
 
 
 def complementary_masks(answer_mask: Tensor, block_size: int, ratio_range: tuple[float, float],

@@ -14,7 +14,7 @@ states are few, so the student learns the teacher's convention from 371 examples
 is a training pair plus the first k tokens of a walk drawn from the task (the teacher's own training
 distribution); the teacher completes it with the same deterministic decoding, and the completion is
 kept if the whole answer checks. Only training pairs are used, and the prefix is always shown, never
-a target (distill.certainty masks only the completion).
+a target (distill.objectives.certainty masks only the completion).
 
 Validation states (`val_prefix_draws` > 0): the val pairs with the first k tokens of a drawn walk
 shown and the rest masked. They are not decoded by the teacher or stored; the certainty objective
@@ -43,10 +43,10 @@ from datasets import Dataset, DatasetDict, load_from_disk
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from distill.data import PathsDataModule, _fixed_batches
-from distill.streams import sampled_batches, train_loader
-from teachers.blockwise import BlockwiseSampler
-from teachers.paths import PROMPT_LEN, PathsTask
+from distill.data.sources import PathsDataModule, _fixed_batches
+from distill.data.streams import sampled_batches, train_loader
+from teachers.samplers.blockwise import BlockwiseSampler
+from teachers.sources.paths import PROMPT_LEN, PathsTask
 from teachers.saved import load_teacher
 
 FORMAT = "fewstep-self-generated/1"

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from teachers.hmm import HiddenMarkovSource
-from teachers.paths import PROMPT_LEN, PathsTask
+from teachers.sources.hmm import HiddenMarkovSource
+from teachers.sources.paths import PROMPT_LEN, PathsTask
 
 
 def _zero() -> Tensor:

@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 import students
-from distill.evaluate import evaluate_sampler
-from distill.frozen import attach_frozen, teacher_reference
-from distill.masked_diffusion import warmup_cosine
+from distill.evaluation.evaluate import evaluate_sampler
+from distill.objectives.frozen import attach_frozen, teacher_reference
+from distill.objectives.masked_diffusion import warmup_cosine
 from distill.seeding import step_generator
 
 

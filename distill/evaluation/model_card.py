@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from distill.report import markdown_table
+from distill.evaluation.report import markdown_table
 
 
 def model_card(method: str, student: nn.Module, teacher_ref: dict, rows: list[dict], generated: int) -> str:

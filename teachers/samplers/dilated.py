@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from teachers.sampling import MaskedSampler
+from teachers.samplers.base import MaskedSampler
 
 
 def dilated_rank(n: int) -> Tensor:

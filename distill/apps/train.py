@@ -17,12 +17,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from distill.cli import CONF_DIR, check_override_keys, user_errors
-from distill.compare_app import compare
-from distill.eval_app import resolve_steps, run_evaluation
-from distill.export_app import read_checkpoint
-from distill.model_card import model_card
-from distill.student_objective import StudentObjective
+from distill.apps.cli import CONF_DIR, check_override_keys, user_errors
+from distill.apps.compare import compare
+from distill.apps.eval import resolve_steps, run_evaluation
+from distill.apps.export import read_checkpoint
+from distill.evaluation.model_card import model_card
+from distill.objectives.base import StudentObjective
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from distill.metrics import ForwardPassMetric
-from teachers.sampling import MaskedSampler
+from distill.evaluation.metrics import ForwardPassMetric
+from teachers.samplers.base import MaskedSampler
 
 
 def _value(x) -> float:
@@ -120,7 +120,7 @@ def provenance() -> dict:
             versions[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
             versions[pkg] = None
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     try:
         git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         commit = git.stdout.strip() or None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from teachers.sampling import MaskedSampler
+from teachers.samplers.base import MaskedSampler
 
 SCORES = ("sampled", "max_prob", "margin", "neg_entropy")
 

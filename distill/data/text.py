@@ -16,8 +16,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
-from distill.metrics import EntropyMetric, GenPPLMetric
-from distill.streams import shuffled_batches, train_loader
+from distill.evaluation.metrics import EntropyMetric, GenPPLMetric
+from distill.data.streams import shuffled_batches, train_loader
 
 BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 

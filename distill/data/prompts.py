@@ -19,9 +19,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
-from distill.metrics import EntropyMetric, _zero
-from distill.streams import shuffled_batches, train_loader
-from distill.text_data import load_tokenizer
+from distill.evaluation.metrics import EntropyMetric, _zero
+from distill.data.streams import shuffled_batches, train_loader
+from distill.data.text import load_tokenizer
 
 NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
 

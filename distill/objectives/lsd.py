@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.student_objective import StudentObjective
-from teachers.ancestral import AncestralSampler
-from teachers.confidence import ConfidenceSampler
-from teachers.sampling import draw_tokens
+from distill.objectives.base import StudentObjective
+from teachers.samplers.ancestral import AncestralSampler
+from teachers.samplers.confidence import ConfidenceSampler
+from teachers.samplers.base import draw_tokens
 
 DIVERGENCES = ("transition", "joint")
 

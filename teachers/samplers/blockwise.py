@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from teachers.sampling import MaskedSampler
+from teachers.samplers.base import MaskedSampler
 
 ORDERS = ("left_to_right", "confidence")
 

@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from distill.report import markdown_table
+from distill.evaluation.report import markdown_table
 
 COLUMNS = ["method", "steps", "nfe", "tokens_per_forward", "gen_nll", "gen_ppl", "bigram_kl", "entropy", "accuracy",
            "distinct_answers", "low_prob_rate", "wall_s", "speedup"]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from teachers.hmm import _sparse_rows
+from teachers.sources.hmm import _sparse_rows
 
 PROMPT_LEN = 2
 

@@ -1,0 +1,1 @@
+"""The console apps (fewstep-train, -eval, -export, -compare) and what they share."""

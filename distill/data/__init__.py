@@ -1,0 +1,1 @@
+"""LightningDataModules: ground-truth sources, prompt files, text corpora and self-generated teacher data, as resumable streams."""

@@ -1,0 +1,1 @@
+"""Reference multi-step samplers (plain torch): the shared loop in base.py, one file per reveal rule."""

@@ -1,0 +1,1 @@
+"""Ground-truth sources with exact likelihoods: the hidden Markov source (the first-order chain is its identity-emission case) and the `paths` task."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException, InstantiationException
+from hydra.errors import ConfigCompositionException, InstantiationException, OverrideParseException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
@@ -76,6 +76,8 @@ def check_override_keys(config_name: str, overrides: list[str]) -> None:
         try:
             compose(config_name, overrides=plain)
             return
+        except OverrideParseException:
+            return  # Hydra itself reports the grammar error, with its link to the override syntax
         except ConfigCompositionException as err:
             cause = err.__cause__
             if not isinstance(cause, (ConfigAttributeError, ConfigKeyError)) or not getattr(cause, "full_key", None):

@@ -83,9 +83,10 @@ def pareto_plot(rows: list[dict], truth: dict, out: Path) -> None:
     panels = [(key, "nfe"), (key, "s_per_1k")] + [(k, "nfe") for k in ("pair_kl_d1", "pair_kl_d8") if k in rows[0]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4), squeeze=False)
     for ax, (y, x) in zip(axes[0], panels):
-        for name in dict.fromkeys(r["sampler"] for r in rows):
-            pts = sorted((r[x], r[y]) for r in rows if r["sampler"] == name)
-            kind = next(r["kind"] for r in rows if r["sampler"] == name)
+        for name in dict.fromkeys(r.get("family", r["sampler"]) for r in rows):
+            family = [r for r in rows if r.get("family", r["sampler"]) == name]
+            pts = sorted((r[x], r[y]) for r in family)
+            kind = family[0]["kind"]
             style = {"student": dict(marker="*", ms=14, ls="-"), "teacher": dict(marker="s", ms=8, ls=""),
                      "reference": dict(marker="o", ms=5, ls="-")}[kind]
             ax.plot(*zip(*pts), label=name, **style)

@@ -58,8 +58,9 @@ class AnswerAccuracyMetric(Metric):
 
     full_state_update = False
 
-    def __init__(self, references: dict[tuple, str], decode, prompt_len: int, checker: str) -> None:
-        super().__init__()
+    def __init__(self, references: dict[tuple, str], decode, prompt_len: int, checker: str,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
         self.references, self.decode, self.prompt_len = references, decode, prompt_len
         self.check = CHECKERS[checker]
         self.add_state("correct", _zero(), dist_reduce_fx="sum")
@@ -189,9 +190,10 @@ class PromptBenchmark:
     def decode(self, tokens: Tensor) -> list[str]:
         return self.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
 
-    def metrics(self) -> dict[str, Metric]:
-        return {"accuracy": AnswerAccuracyMetric(self.references, self.decode, self.prompt_len, self.checker),
-                "entropy": EntropyMetric(len(self.tokenizer))}
+    def metrics(self, **kwargs) -> dict[str, Metric]:
+        """Fresh metrics by name; `kwargs` are torchmetrics' settings (e.g. sync_on_compute)."""
+        return {"accuracy": AnswerAccuracyMetric(self.references, self.decode, self.prompt_len, self.checker, **kwargs),
+                "entropy": EntropyMetric(len(self.tokenizer), **kwargs)}
 
     def summary(self) -> dict[str, float]:
         return {}

@@ -155,11 +155,12 @@ class TextBenchmark:
             self._judge = (model, AutoTokenizer.from_pretrained(self.judge_path))
         return self._judge
 
-    def metrics(self) -> dict[str, Metric]:
-        metrics: dict[str, Metric] = {"entropy": EntropyMetric(len(self.tokenizer))}
+    def metrics(self, **kwargs) -> dict[str, Metric]:
+        """Fresh metrics by name; `kwargs` are torchmetrics' settings (e.g. sync_on_compute)."""
+        metrics: dict[str, Metric] = {"entropy": EntropyMetric(len(self.tokenizer), **kwargs)}
         if self.judge_path:
             judge, judge_tokenizer = self.judge()
-            metrics["gen_ppl"] = GenPPLMetric(judge, judge_tokenizer, self.decode)
+            metrics["gen_ppl"] = GenPPLMetric(judge, judge_tokenizer, self.decode, **kwargs)
         return metrics
 
     def summary(self) -> dict[str, float]:

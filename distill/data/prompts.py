@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
 from distill.evaluation.metrics import EntropyMetric, _zero
+from distill.data.sources import check_sizes
 from distill.data.streams import shuffled_batches, train_loader
 from distill.data.text import load_tokenizer
 
@@ -93,6 +94,7 @@ class PromptsDataModule(L.LightningDataModule):
         super().__init__()
         if checker not in CHECKERS:
             raise ValueError(f"data.checker must be one of {sorted(CHECKERS)}, got {checker!r}")
+        check_sizes(batch_size=batch_size, prompt_len=prompt_len, answer_len=answer_len)
         self.rows = read_rows(file, question_field, answer_field)
         self.file, self.tokenizer_path = os.path.abspath(file), tokenizer
         self.tokenizer = load_tokenizer(tokenizer, trust_remote_code)

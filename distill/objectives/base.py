@@ -16,7 +16,7 @@ from torch import Tensor, nn
 import students
 from distill.evaluation.evaluate import evaluate_sampler
 from distill.objectives.frozen import attach_frozen, teacher_reference
-from distill.objectives.masked_diffusion import warmup_cosine
+from distill.objectives.schedule import optimizer_config
 from distill.seeding import step_generator
 
 
@@ -107,11 +107,7 @@ class StudentObjective(L.LightningModule):
         params = [p for p in self.student.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the student has nothing to train: set student.learn to at least one part")
-        optimizer = self.optimizer_factory(params)
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
-        warmup = max(1, self.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return optimizer_config(self.optimizer_factory(params), self.warmup_steps, self.trainer.max_steps)
 
     def exported_student(self) -> nn.Module:
         """What `export` saves (a subclass may save a merged or reduced copy)."""

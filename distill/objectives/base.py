@@ -99,9 +99,8 @@ class StudentObjective(L.LightningModule):
         for steps in self.student.default_steps(generated):
             row, _, _ = evaluate_sampler(self.teacher, self.student, benchmark, steps, self.val_samples, self.val_samples,
                                       seed=0, sampler_name="val")
-            for key in ("gen_nll", "bigram_kl", "accuracy", "entropy", "nfe"):
-                if key in row:
-                    self.log(f"val/{key}", row[key], prog_bar=key in ("gen_nll", "accuracy"), sync_dist=True)
+            self.log_dict({f"val/{k}": row[k] for k in ("gen_nll", "bigram_kl", "accuracy", "entropy", "nfe") if k in row},
+                          sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.student.parameters() if p.requires_grad]

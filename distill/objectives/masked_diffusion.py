@@ -104,9 +104,8 @@ class MaskedDiffusionObjective(L.LightningModule):
         steps = int(self.trainer.datamodule.answer_mask.sum())  # one token per step
         row, _, _ = evaluate_sampler(self.network, self.val_sampler, benchmark, steps, self.val_samples,
                                   self.val_samples, seed=0, sampler_name="val")
-        for key in ("gen_nll", "bigram_kl", "accuracy", "entropy"):
-            if key in row:
-                self.log(f"val/{key}", row[key], prog_bar=key in ("gen_nll", "accuracy"), sync_dist=True)
+        self.log_dict({f"val/{k}": row[k] for k in ("gen_nll", "bigram_kl", "accuracy", "entropy") if k in row},
+                      sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.network.parameters())

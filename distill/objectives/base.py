@@ -100,7 +100,7 @@ class StudentObjective(L.LightningModule):
             row, _, _ = evaluate_sampler(self.teacher, self.student, benchmark, steps, self.val_samples, self.val_samples,
                                       seed=0, sampler_name="val")
             self.log_dict({f"val/{k}": row[k] for k in ("gen_nll", "bigram_kl", "accuracy", "entropy", "nfe") if k in row},
-                          sync_dist=True)
+                          prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.student.parameters() if p.requires_grad]

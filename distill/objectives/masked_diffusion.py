@@ -105,7 +105,7 @@ class MaskedDiffusionObjective(L.LightningModule):
         row, _, _ = evaluate_sampler(self.network, self.val_sampler, benchmark, steps, self.val_samples,
                                   self.val_samples, seed=0, sampler_name="val")
         self.log_dict({f"val/{k}": row[k] for k in ("gen_nll", "bigram_kl", "accuracy", "entropy") if k in row},
-                      sync_dist=True)
+                      prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.network.parameters())

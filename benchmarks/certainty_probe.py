@@ -13,7 +13,7 @@ import torch
 from distill.data.sources import PathsDataModule
 from distill.data.self_generated import complete_prefixes, load_or_generate, prefix_canvases, to_tokens
 from distill.objectives.certainty import complementary_masks, certainty_loss, score_canvases, score_pairs
-from distill.objectives.masked_diffusion import warmup_cosine
+from distill.objectives.schedule import warmup_cosine
 from students.entropy_threshold import EntropyThresholdSampler
 from teachers import BlockwiseSampler, load_teacher
 
@@ -65,7 +65,7 @@ student = EntropyThresholdSampler(threshold=0.1, block_size=a.block, lora=lora)
 student.init_denoiser(teacher)
 params = [p for p in student.parameters() if p.requires_grad]
 opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=a.wd)
-sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, a.warmup, a.steps))
+sched = warmup_cosine(opt, a.warmup, a.steps)
 gen = torch.Generator().manual_seed(a.seed + 1)
 amask = dm.answer_mask
 val_states = None

@@ -16,7 +16,8 @@ import torch
 
 from distill.data.sources import PathsDataModule, SourceDataModule
 from distill.evaluation.evaluate import evaluate_sampler
-from distill.objectives.masked_diffusion import mask_tokens, masked_ce, warmup_cosine
+from distill.objectives.masked_diffusion import mask_tokens, masked_ce
+from distill.objectives.schedule import warmup_cosine
 from teachers import AncestralSampler, BlockwiseSampler, TransformerDenoiser
 
 DATA = {
@@ -46,7 +47,7 @@ def main() -> None:
     dm = DATA[args.data]()
     net = TransformerDenoiser(dm.vocab_size, dm.seq_len, args.layers, args.heads, args.d, args.mlp, absolute_positions=args.abs).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, args.warmup, args.steps))
+    sched = warmup_cosine(opt, args.warmup, args.steps)
     stream = iter(dm.train_dataloader())
     benchmark = dm.benchmark()
     full = int(dm.answer_mask.sum())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -135,6 +136,18 @@ def _weights_digest(path: str) -> str | None:
     return digest.hexdigest()
 
 
+def check_local_path(path: str, what: str = "teacher.path") -> None:
+    """A path that looks local (absolute, ./, ../, ~, or with an existing parent directory) but is no
+    directory fails with "no such directory" here; transformers would call it a malformed hub id."""
+    text = str(path)
+    local = Path(text).expanduser()
+    looks_local = (local.is_absolute() or text.startswith(("./", "../", "~", ".\\", "..\\"))
+                   or (local.parent != Path(".") and local.parent.is_dir()))
+    if looks_local and not local.is_dir():
+        raise FileNotFoundError(f"{what} {text}: no such directory; give a save_pretrained directory that exists, "
+                                "or a hub id (org/name)")
+
+
 def _tokenizer(path: str, trust_remote_code: bool):
     from transformers import AutoTokenizer
 
@@ -154,6 +167,7 @@ class HFMaskedLM(_HFDenoiser):
                  trust_remote_code: bool = False) -> None:
         from transformers import AutoModelForMaskedLM
 
+        check_local_path(path)
         tokenizer = _tokenizer(path, trust_remote_code)
         model = AutoModelForMaskedLM.from_pretrained(path, dtype=_dtype(dtype), trust_remote_code=trust_remote_code)
         super().__init__(model, tokenizer, path, mask_id, suppress_special, False, dtype, trust_remote_code)
@@ -168,6 +182,7 @@ class HFDiffusionLM(_HFDenoiser):
                  trust_remote_code: bool = False, shift_logits: bool = False) -> None:
         from transformers import AutoConfig, AutoModel
 
+        check_local_path(path)
         config_file = os.path.join(path, "config.json")
         ships_code = os.path.isfile(config_file) and "auto_map" in json.loads(open(config_file).read())
         if ships_code and not trust_remote_code:

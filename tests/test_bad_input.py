@@ -107,3 +107,132 @@ def test_threshold_out_of_range_is_named(tmp_path, threshold):
                 "data.graph_seed=1", "teacher=saved", f"teacher.path={teacher}", "sampler=entropy_threshold",
                 f"sampler.threshold={threshold}")
     assert f"threshold must be >= 0 (nats), got {threshold}" in err
+
+
+# --- the sweep: every app's inputs, subprocess for the end-to-end message, in-process for the rest
+
+
+@pytest.mark.parametrize("app", ["fewstep-eval", "fewstep-train"])
+def test_zero_samples_is_named_before_work(tmp_path, app):
+    exp = ["experiment=lsd_joint_oracle"] if app == "fewstep-train" else []
+    err = fails(tmp_path, app, *exp, *TINY_CHAIN, "eval.num_samples=0")
+    assert "eval.num_samples must be a whole number >= 1, got 0" in err
+
+
+def test_missing_local_teacher_directory_is_named(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("some text\n")
+    err = fails(tmp_path, "fewstep-eval", "teacher=hf_masked_lm", "teacher.path=./no_such_model", "data=text_files",
+                f"data.files=[{corpus}]")
+    assert "./no_such_model: no such directory" in err and "Repo id" not in err
+
+
+@pytest.mark.parametrize("path", ["/no/such/model", "./nope", "../nope", "tests/nope"])
+def test_local_looking_paths_that_do_not_exist_fail_before_transformers(path):
+    from teachers.hf import HFDiffusionLM, HFMaskedLM, check_local_path
+
+    for build in (HFMaskedLM, HFDiffusionLM):
+        with pytest.raises(FileNotFoundError, match="no such directory"):
+            build(path)
+    check_local_path("org/model")  # a hub id is left to transformers
+    check_local_path("tests")  # an existing directory passes
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("num_samples", -5, "eval.num_samples must be a whole number >= 1"),
+    ("batch_size", 0, "eval.batch_size must be a whole number >= 1"),
+    ("repeats", 0, "eval.repeats must be a whole number >= 1"),
+    ("kl_smoothing", -0.1, "eval.kl_smoothing must be >= 0"),
+    ("pair_distances", [0, 1], "eval.pair_distances must be whole numbers >= 1"),
+    ("pair_distances", [8, 16], "all reach beyond the 8 tokens"),
+    ("steps", [0], "out of range"),
+])
+def test_bad_eval_settings_are_named(key, value, message):
+    from omegaconf import OmegaConf
+
+    from distill.apps.eval import check_eval
+
+    good = {"steps": None, "num_samples": 10, "batch_size": 10, "repeats": 2, "kl_smoothing": 0.5,
+            "pair_distances": [1, 2, 4, 8]}
+    check_eval(OmegaConf.create(good), 8, 8)  # the defaults pass (distances >= seq_len are skipped)
+    with pytest.raises(ValueError, match=message):
+        check_eval(OmegaConf.create({**good, key: value}), 8, 8)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "data.batch_size must be a whole number >= 1, got 0"),
+    ({"val_size": -1}, "data.val_size must be a whole number >= 1"),
+    ({"vocab_size": 0, "hidden_states": 0}, "vocab_size must be >= 2 and hidden_states >= 1"),
+    ({"seq_len": 0}, "seq_len must be at least 2"),
+])
+def test_bad_source_sizes_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SourceDataModule(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": -2}, "data.batch_size must be a whole number >= 1"),
+    ({"nodes": 1, "successors": 1}, "nodes must be >= 2"),
+    ({"answer_len": 0}, "answer_len must be at least 1"),
+])
+def test_bad_paths_sizes_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PathsDataModule(**kwargs)
+
+
+@pytest.mark.parametrize("threads", [0, -1])
+def test_threads_below_one_are_named(threads):
+    from distill.apps.cli import set_threads
+
+    with pytest.raises(ValueError, match="threads must be a whole number >= 1"):
+        set_threads(threads)
+
+
+def test_unknown_eval_device_is_named(tmp_path):
+    err = fails(tmp_path, "fewstep-eval", *TINY_CHAIN, "device=tpu9")
+    assert "device=tpu9 is not a torch device; use device=cpu" in err
+
+
+def test_export_dir_inside_a_file_is_named(tmp_path):
+    from distill.apps.cli import check_new_dir
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(FileExistsError, match="lies inside .*file, which is a file"):
+        check_new_dir(blocker / "export", "export_dir")
+    with pytest.raises(FileExistsError, match="already exists"):
+        check_new_dir(blocker, "export_dir")
+
+
+def test_export_app_checks_its_directory_before_reading(tmp_path, capsys):
+    from distill.apps.export import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "missing.ckpt"), str(blocker / "out")])
+    assert exit_.value.code == 2
+    assert "which is a file" in capsys.readouterr().err
+
+
+def test_compare_names_missing_broken_and_blocked_inputs(tmp_path, capsys):
+    from distill.apps.compare import main
+
+    def error(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exit_:
+            main(list(argv))
+        assert exit_.value.code == 2
+        return capsys.readouterr().err
+
+    (tmp_path / "empty").mkdir()
+    assert "no metrics.json under" in error(str(tmp_path / "empty"))
+    broken = tmp_path / "broken" / "metrics.json"
+    broken.parent.mkdir()
+    broken.write_text("{not json")
+    assert f"{broken} is not valid JSON" in error(str(broken), "--out", str(tmp_path / "c"))
+    broken.write_text('{"config": {}}')
+    assert f"{broken} has no list of rows" in error(str(broken), "--out", str(tmp_path / "c"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert "is a file; give a directory" in error(str(broken), "--out", str(blocker / "c"))
+    assert not (tmp_path / "c").exists()

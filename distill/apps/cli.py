@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException, InstantiationException, OverrideParseException
@@ -29,6 +30,26 @@ def _conf_dir() -> str:
 
 CONF_DIR = _conf_dir()
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, MissingMandatoryValue, MisconfigurationException)
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's CPU threads (null: torch's default)."""
+    if threads is None:
+        return
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a whole number >= 1, got {threads!r}; or threads=null for torch's default")
+    torch.set_num_threads(threads)
+
+
+def check_new_dir(path: str | Path, what: str) -> Path:
+    """A directory the run will create: it must not exist yet, and no part of its path may be a file."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{what} {path} already exists; choose another {what} or delete it first")
+    blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise FileExistsError(f"{what} {path} lies inside {blocking}, which is a file; choose a {what} in a directory")
+    return path
 
 
 def _user_error(err: BaseException) -> BaseException | None:

@@ -43,10 +43,22 @@ def teacher_label(config: dict) -> str:
     return str(teacher.get("_target_", "teacher")).rsplit(".", 1)[-1].replace("_teacher", "")
 
 
+def read_metrics(path: Path) -> dict:
+    """One metrics.json, or a ValueError naming the file when it is not one written by fewstep-eval/-train."""
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); pass metrics.json files written by fewstep-eval or "
+                         "fewstep-train, or delete the broken one") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("rows"), list):
+        raise ValueError(f"{path} has no list of rows; pass metrics.json files written by fewstep-eval or fewstep-train")
+    return payload
+
+
 def collect_rows(files: list[Path]) -> tuple[list[dict], dict | None]:
     """All sampler rows labelled by method, and one true-data row (the first found)."""
     rows, truth = [], None
-    payloads = [(f, json.loads(f.read_text())) for f in files]
+    payloads = [(f, read_metrics(f)) for f in files]
     teachers = {teacher_label(p.get("config", {})) for _, p in payloads}
     for path, payload in payloads:
         teacher = teacher_label(payload.get("config", {}))
@@ -169,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if not 0 <= args.tolerance < 1:
         ap.error(f"--tolerance must be in [0, 1), got {args.tolerance}")
+    blocking = next((p for p in [args.out, *args.out.parents] if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        ap.error(f"--out {args.out}: {blocking} is a file; give a directory for compare.md/.csv/.png")
     try:
         compare(args.paths, args.out, args.reference, args.tolerance)
     except (FileNotFoundError, ValueError) as err:

@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import students
-from distill.apps.cli import CONF_DIR, check_override_keys, user_errors
+from distill.apps.cli import CONF_DIR, check_override_keys, set_threads, user_errors
 from distill.evaluation.evaluate import evaluate_sampler, reference_row, sample_key, write_run
 from distill.evaluation.report import markdown_table
 
@@ -34,6 +34,24 @@ def resolve_steps(steps: list[int] | None, generated: int) -> list[int]:
         raise ValueError(f"eval.steps {bad} out of range: steps must be between 1 and the {generated} generated "
                          "positions (eval.steps=null picks 1, 2, 4, ... up to one token per step)")
     return list(steps)
+
+
+def check_eval(eval_cfg, generated: int, seq_len: int) -> None:
+    """Evaluation settings that cannot work fail before any sampling (and, in fewstep-train, before training)."""
+    for key in ("num_samples", "batch_size", "repeats"):
+        value = eval_cfg.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"eval.{key} must be a whole number >= 1, got {value!r}")
+    if eval_cfg.get("kl_smoothing") is not None and eval_cfg.kl_smoothing < 0:
+        raise ValueError(f"eval.kl_smoothing must be >= 0 (a pseudo-count per cell), got {eval_cfg.kl_smoothing}")
+    distances = list(eval_cfg.get("pair_distances") or [])
+    if any(not isinstance(d, int) or d < 1 for d in distances):
+        raise ValueError(f"eval.pair_distances must be whole numbers >= 1, got {distances}")
+    if distances and min(distances) >= seq_len:
+        raise ValueError(f"eval.pair_distances {distances} all reach beyond the {seq_len} tokens of a sequence; "
+                         f"give distances below {seq_len}, e.g. eval.pair_distances=[1,2]")
+    if eval_cfg.get("steps") is not None:
+        resolve_steps(eval_cfg.steps, generated)
 
 
 def run_evaluation(denoiser, sampler, sampler_name: str, datamodule, eval_cfg, out_dir: Path, config: dict,
@@ -72,11 +90,17 @@ def run_evaluation(denoiser, sampler, sampler_name: str, datamodule, eval_cfg, o
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 @user_errors
 def run(cfg: DictConfig) -> None:
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg.threads)
-    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+    set_threads(cfg.get("threads"))
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise ValueError(f"device={cfg.device} is not a torch device; use device=cpu or device=cuda (cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={cfg.device} but this torch sees no CUDA GPU; use device=cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={cfg.device} is not supported; use device=cpu or device=cuda (cuda:N)")
     datamodule = instantiate(cfg.data)
+    check_eval(cfg.eval, int(datamodule.answer_mask.sum()), datamodule.seq_len)
     sampler = instantiate(cfg.sampler)
     denoiser = instantiate(cfg.teacher, datamodule=datamodule)
     if denoiser.vocab_size < datamodule.vocab_size or (hasattr(datamodule, "source") and denoiser.vocab_size != datamodule.vocab_size):

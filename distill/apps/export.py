@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 import students
+from distill.apps.cli import check_new_dir
 from teachers.saved import save_teacher
 from teachers.transformer import TransformerDenoiser
 
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("export_dir", help="the directory to create (must not exist)")
     args = ap.parse_args(argv)
     try:
+        check_new_dir(args.export_dir, "export_dir")  # before the checkpoint is read
         path = export_checkpoint(args.checkpoint, args.export_dir)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

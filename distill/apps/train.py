@@ -12,14 +12,13 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from distill.apps.cli import CONF_DIR, check_override_keys, user_errors
+from distill.apps.cli import CONF_DIR, check_new_dir, check_override_keys, set_threads, user_errors
 from distill.apps.compare import compare
-from distill.apps.eval import resolve_steps, run_evaluation
+from distill.apps.eval import check_eval, run_evaluation
 from distill.apps.export import read_checkpoint
 from distill.evaluation.model_card import model_card
 from distill.objectives.base import StudentObjective
@@ -29,18 +28,15 @@ from distill.objectives.base import StudentObjective
 @user_errors
 def run(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    export_dir = Path(cfg.export_dir) if cfg.export_dir else out_dir / "export"
-    if export_dir.exists():
-        raise FileExistsError(f"export_dir {export_dir} already exists; choose another export_dir or delete it first")
+    export_dir = check_new_dir(Path(cfg.export_dir) if cfg.export_dir else out_dir / "export", "export_dir")
     if cfg.get("ckpt_path") not in (None, "last"):
         read_checkpoint(cfg.ckpt_path)  # missing, truncated or foreign checkpoints fail before any work
-    if cfg.get("threads"):
-        torch.set_num_threads(cfg.threads)
+    set_threads(cfg.get("threads"))
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     generated = int(datamodule.answer_mask.sum())
-    if cfg.eval.after_training and cfg.eval.steps is not None:  # bad step counts fail now, not after training
-        resolve_steps(cfg.eval.steps, generated)
+    if cfg.eval.after_training:  # bad evaluation settings fail now, not after training
+        check_eval(cfg.eval, generated, datamodule.seq_len)
 
     # 1. optional frozen teacher and student, objective
     runtime = {"vocab_size": datamodule.vocab_size, "seq_len": datamodule.seq_len, "data_spec": datamodule.spec(),

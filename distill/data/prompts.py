@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
 from distill.evaluation.metrics import EntropyMetric, _zero
+from distill.data.sources import check_sizes
 from distill.data.streams import shuffled_batches, train_loader
 from distill.data.text import load_tokenizer
 
@@ -58,8 +59,9 @@ class AnswerAccuracyMetric(Metric):
 
     full_state_update = False
 
-    def __init__(self, references: dict[tuple, str], decode, prompt_len: int, checker: str) -> None:
-        super().__init__()
+    def __init__(self, references: dict[tuple, str], decode, prompt_len: int, checker: str,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
         self.references, self.decode, self.prompt_len = references, decode, prompt_len
         self.check = CHECKERS[checker]
         self.add_state("correct", _zero(), dist_reduce_fx="sum")
@@ -92,6 +94,7 @@ class PromptsDataModule(L.LightningDataModule):
         super().__init__()
         if checker not in CHECKERS:
             raise ValueError(f"data.checker must be one of {sorted(CHECKERS)}, got {checker!r}")
+        check_sizes(batch_size=batch_size, prompt_len=prompt_len, answer_len=answer_len)
         self.rows = read_rows(file, question_field, answer_field)
         self.file, self.tokenizer_path = os.path.abspath(file), tokenizer
         self.tokenizer = load_tokenizer(tokenizer, trust_remote_code)
@@ -189,9 +192,10 @@ class PromptBenchmark:
     def decode(self, tokens: Tensor) -> list[str]:
         return self.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
 
-    def metrics(self) -> dict[str, Metric]:
-        return {"accuracy": AnswerAccuracyMetric(self.references, self.decode, self.prompt_len, self.checker),
-                "entropy": EntropyMetric(len(self.tokenizer))}
+    def metrics(self, **kwargs) -> dict[str, Metric]:
+        """Fresh metrics by name; `kwargs` are torchmetrics' settings (e.g. sync_on_compute)."""
+        return {"accuracy": AnswerAccuracyMetric(self.references, self.decode, self.prompt_len, self.checker, **kwargs),
+                "entropy": EntropyMetric(len(self.tokenizer), **kwargs)}
 
     def summary(self) -> dict[str, float]:
         return {}

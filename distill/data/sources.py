@@ -24,6 +24,13 @@ def _fixed_batches(tokens: Tensor, answer_mask: Tensor, batch_size: int) -> list
     return [{"tokens": t, "answer_mask": answer_mask.expand_as(t)} for t in tokens.split(batch_size)]
 
 
+def check_sizes(**sizes: int) -> None:
+    """Batch and split sizes must be whole numbers >= 1 (data.batch_size=0 would train on nothing)."""
+    for name, value in sizes.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"data.{name} must be a whole number >= 1, got {value!r}")
+
+
 class SourceDataModule(L.LightningDataModule):
     """Sequences from a hidden Markov source; `data=markov` is the first-order chain
     (emissions_per_state=null), `data=hmm` the hidden source with long-range dependence."""
@@ -42,6 +49,7 @@ class SourceDataModule(L.LightningDataModule):
         val_size: int = 1024,
     ) -> None:
         super().__init__()
+        check_sizes(batch_size=batch_size, val_size=val_size)
         self.config = SourceConfig(seed, hidden_states, vocab_size, seq_len, successors, emissions_per_state, smoothing,
                                    weight_exponent)
         self.source = HiddenMarkovSource.random(self.config)  # validates the config
@@ -96,6 +104,7 @@ class PathsDataModule(L.LightningDataModule):
         split_seed: int = 0,
     ) -> None:
         super().__init__()
+        check_sizes(batch_size=batch_size, val_size=val_size)
         self.config = PathsConfig(nodes, successors, answer_len, graph_seed)
         self.task = PathsTask(self.config)
         self.split = {"heldout_fraction": heldout_fraction, "val_fraction": val_fraction, "split_seed": split_seed}

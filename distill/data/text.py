@@ -17,7 +17,9 @@ from torch.utils.data import DataLoader
 from torchmetrics import Metric
 
 from distill.evaluation.metrics import EntropyMetric, GenPPLMetric
+from distill.data.sources import check_sizes
 from distill.data.streams import shuffled_batches, train_loader
+from teachers.hf import check_local_path
 
 BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
@@ -29,6 +31,7 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
 
     if path is None or path == "???":
         raise ValueError("data.tokenizer is not set: give the teacher's path (the default is ${teacher.path})")
+    check_local_path(path, "data.tokenizer")
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
@@ -69,6 +72,7 @@ class TextDataModule(L.LightningDataModule):
             raise ValueError(f"data.files must share one of the suffixes {sorted(BUILDERS)}, got {files}")
         if seq_len < 2:
             raise ValueError(f"data.seq_len must be >= 2, got {seq_len}")
+        check_sizes(batch_size=batch_size, val_blocks=val_blocks)
         self.files, self.hub_name, self.hub_config = files, hub_name, hub_config
         self.tokenizer_path = tokenizer
         self.tokenizer = load_tokenizer(tokenizer, trust_remote_code)
@@ -155,11 +159,12 @@ class TextBenchmark:
             self._judge = (model, AutoTokenizer.from_pretrained(self.judge_path))
         return self._judge
 
-    def metrics(self) -> dict[str, Metric]:
-        metrics: dict[str, Metric] = {"entropy": EntropyMetric(len(self.tokenizer))}
+    def metrics(self, **kwargs) -> dict[str, Metric]:
+        """Fresh metrics by name; `kwargs` are torchmetrics' settings (e.g. sync_on_compute)."""
+        metrics: dict[str, Metric] = {"entropy": EntropyMetric(len(self.tokenizer), **kwargs)}
         if self.judge_path:
             judge, judge_tokenizer = self.judge()
-            metrics["gen_ppl"] = GenPPLMetric(judge, judge_tokenizer, self.decode)
+            metrics["gen_ppl"] = GenPPLMetric(judge, judge_tokenizer, self.decode, **kwargs)
         return metrics
 
     def summary(self) -> dict[str, float]:

@@ -29,12 +29,13 @@ class SequenceBenchmark:
     def true_samples(self, canvases: Tensor, generator: torch.Generator) -> Tensor:
         return self.source.sample(canvases.shape[0], generator)
 
-    def metrics(self) -> dict[str, Metric]:
-        metrics: dict[str, Metric] = {"gen_nll": GenNLLMetric(self.source)}
+    def metrics(self, **kwargs) -> dict[str, Metric]:
+        """Fresh metrics by name; `kwargs` are torchmetrics' settings (e.g. sync_on_compute)."""
+        metrics: dict[str, Metric] = {"gen_nll": GenNLLMetric(self.source, **kwargs)}
         for d in self.pair_distances:
-            metrics[f"pair_kl_d{d}"] = PairKLMetric(self.source, d, self.kl_smoothing)
-        metrics["entropy"] = EntropyMetric(self.source.vocab_size)
-        metrics["low_prob_rate"] = LowProbRateMetric(self.source)
+            metrics[f"pair_kl_d{d}"] = PairKLMetric(self.source, d, self.kl_smoothing, **kwargs)
+        metrics["entropy"] = EntropyMetric(self.source.vocab_size, **kwargs)
+        metrics["low_prob_rate"] = LowProbRateMetric(self.source, **kwargs)
         return metrics
 
     def summary(self) -> dict[str, float]:
@@ -70,8 +71,10 @@ class PathsBenchmark:
         prompts = canvases[:, :PROMPT_LEN]
         return torch.cat([prompts, self.task.sample_answers(prompts, generator)], dim=1)
 
-    def metrics(self) -> dict[str, Metric]:
-        return {"accuracy": AccuracyMetric(self.task), "distinct_answers": DistinctAnswersMetric(self.task, self.repeats)}
+    def metrics(self, **kwargs) -> dict[str, Metric]:
+        """Fresh metrics by name; `kwargs` are torchmetrics' settings (e.g. sync_on_compute)."""
+        return {"accuracy": AccuracyMetric(self.task, **kwargs),
+                "distinct_answers": DistinctAnswersMetric(self.task, self.repeats, **kwargs)}
 
     def summary(self) -> dict[str, float]:
         return {"repeats_per_prompt": self.repeats}

@@ -16,10 +16,20 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
+from torchmetrics import MetricCollection
 from tqdm.auto import tqdm
 
 from distill.evaluation.metrics import ForwardPassMetric
 from teachers.samplers.base import MaskedSampler
+
+
+# Every row is computed by the calling process alone: it draws all `num_samples` sequences itself, so
+# its metrics must not gather states from other processes. Under DDP the end-of-training table runs
+# on rank 0 only (the other ranks have left: a sync would hang or fail, "Connection closed by peer"),
+# and at validation every rank draws the same sequences from the same seed, so the row is the same
+# on every rank and `self.log(..., sync_dist=True)` averages equal values. Splitting one row's
+# samples over the ranks would save validation time but makes the table depend on the world size.
+SINGLE_PROCESS = {"sync_on_compute": False}
 
 
 def _value(x) -> float:
@@ -27,11 +37,11 @@ def _value(x) -> float:
 
 
 def _score(benchmark, tokens_list: list[Tensor]) -> dict[str, float]:
-    row = {}
-    for name, metric in benchmark.metrics().items():
-        for tokens in tokens_list:
-            metric.update(tokens)
-        row[name] = _value(metric.compute())
+    # compute_groups=False: two pair-KL metrics can hold equal counts after one batch by chance
+    metrics = MetricCollection(benchmark.metrics(**SINGLE_PROCESS), compute_groups=False)
+    for tokens in tokens_list:
+        metrics.update(tokens)
+    row = {name: _value(value) for name, value in metrics.compute().items()}
     if "pair_kl_d1" in row:
         row["bigram_kl"] = row["pair_kl_d1"]
     return row
@@ -55,7 +65,7 @@ def evaluate_sampler(
     canvases = benchmark.canvases(num_samples, denoiser.mask_id, generator).to(device)
     group = benchmark_group(benchmark)
     batch_size = max(group, batch_size - batch_size % group)
-    forwards = ForwardPassMetric()
+    forwards = ForwardPassMetric(**SINGLE_PROCESS)
     outputs, nfe_per_row, wall, head_passes = [], [], 0.0, None
     for chunk in tqdm(canvases.split(batch_size), desc=f"{sampler_name} steps={steps}", leave=False):
         start = time.perf_counter()

@@ -1,5 +1,6 @@
 """Sample-quality metrics as torchmetrics classes with float64 summed states (they reduce
-correctly across processes). Each takes generated token ids (B, L) in `update`.
+correctly across processes). Each takes generated token ids (B, L) in `update`, and torchmetrics'
+own keyword settings (`sync_on_compute`, `process_group`, ...) in its constructor.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ class GenNLLMetric(Metric):
 
     full_state_update = False
 
-    def __init__(self, source: HiddenMarkovSource) -> None:
-        super().__init__()
+    def __init__(self, source: HiddenMarkovSource, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.source = source
         self.add_state("nll_sum", _zero(), dist_reduce_fx="sum")
         self.add_state("tokens", _zero(), dist_reduce_fx="sum")
@@ -53,8 +54,8 @@ class PairKLMetric(Metric):
 
     full_state_update = False
 
-    def __init__(self, source: HiddenMarkovSource, distance: int = 1, smoothing: float = 0.5) -> None:
-        super().__init__()
+    def __init__(self, source: HiddenMarkovSource, distance: int = 1, smoothing: float = 0.5, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.distance = distance
         self.smoothing = smoothing
         self.vocab_size = source.vocab_size
@@ -75,8 +76,8 @@ class EntropyMetric(Metric):
 
     full_state_update = False
 
-    def __init__(self, vocab_size: int) -> None:
-        super().__init__()
+    def __init__(self, vocab_size: int, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.add_state("entropy_sum", _zero(), dist_reduce_fx="sum")
         self.add_state("samples", _zero(), dist_reduce_fx="sum")
@@ -98,8 +99,8 @@ class LowProbRateMetric(Metric):
 
     full_state_update = False
 
-    def __init__(self, source: HiddenMarkovSource) -> None:
-        super().__init__()
+    def __init__(self, source: HiddenMarkovSource, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.source = source
         self.add_state("low", _zero(), dist_reduce_fx="sum")
         self.add_state("samples", _zero(), dist_reduce_fx="sum")
@@ -117,8 +118,8 @@ class AccuracyMetric(Metric):
 
     full_state_update = False
 
-    def __init__(self, task: PathsTask) -> None:
-        super().__init__()
+    def __init__(self, task: PathsTask, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.task = task
         self.add_state("correct", _zero(), dist_reduce_fx="sum")
         self.add_state("samples", _zero(), dist_reduce_fx="sum")
@@ -137,8 +138,8 @@ class DistinctAnswersMetric(Metric):
 
     full_state_update = False
 
-    def __init__(self, task: PathsTask, repeats: int) -> None:
-        super().__init__()
+    def __init__(self, task: PathsTask, repeats: int, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.task = task
         self.repeats = repeats
         self.add_state("distinct", _zero(), dist_reduce_fx="sum")
@@ -163,8 +164,8 @@ class ForwardPassMetric(Metric):
 
     full_state_update = False
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.add_state("forwards", _zero(), dist_reduce_fx="sum")  # summed over sequences
         self.add_state("tokens", _zero(), dist_reduce_fx="sum")
         self.add_state("sequences", _zero(), dist_reduce_fx="sum")
@@ -187,8 +188,8 @@ class GenPPLMetric(Metric):
 
     full_state_update = False
 
-    def __init__(self, judge, judge_tokenizer, decode, batch_size: int = 16) -> None:
-        super().__init__()
+    def __init__(self, judge, judge_tokenizer, decode, batch_size: int = 16, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.judge = judge
         self.judge_tokenizer = judge_tokenizer
         self.decode = decode

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 import students
 from distill.evaluation.evaluate import evaluate_sampler
 from distill.objectives.frozen import attach_frozen, teacher_reference
-from distill.objectives.masked_diffusion import warmup_cosine
+from distill.objectives.schedule import optimizer_config
 from distill.seeding import step_generator
 
 
@@ -99,19 +99,14 @@ class StudentObjective(L.LightningModule):
         for steps in self.student.default_steps(generated):
             row, _, _ = evaluate_sampler(self.teacher, self.student, benchmark, steps, self.val_samples, self.val_samples,
                                       seed=0, sampler_name="val")
-            for key in ("gen_nll", "bigram_kl", "accuracy", "entropy", "nfe"):
-                if key in row:
-                    self.log(f"val/{key}", row[key], prog_bar=key in ("gen_nll", "accuracy"), sync_dist=True)
+            self.log_dict({f"val/{k}": row[k] for k in ("gen_nll", "bigram_kl", "accuracy", "entropy", "nfe") if k in row},
+                          prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.student.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the student has nothing to train: set student.learn to at least one part")
-        optimizer = self.optimizer_factory(params)
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
-        warmup = max(1, self.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return optimizer_config(self.optimizer_factory(params), self.warmup_steps, self.trainer.max_steps)
 
     def exported_student(self) -> nn.Module:
         """What `export` saves (a subclass may save a merged or reduced copy)."""

@@ -8,7 +8,6 @@ cross-entropy, which trained better on the embedded benchmark within a CPU budge
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Callable
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.evaluation.evaluate import evaluate_sampler
+from distill.objectives.schedule import optimizer_config
 from distill.seeding import step_generator
 from teachers.saved import save_teacher
 
@@ -38,13 +38,6 @@ def masked_ce(logits: Tensor, tokens: Tensor, noise_mask: Tensor, weight: Tensor
     ce = F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none")  # (B, L)
     w = noise_mask.float() if weight is None else noise_mask.float() * weight
     return (ce * w).sum() / noise_mask.sum().clamp_min(1)
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float = 0.05) -> float:
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class MaskedDiffusionObjective(L.LightningModule):
@@ -97,8 +90,7 @@ class MaskedDiffusionObjective(L.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(batch, step_generator(self, self.seed, batch_idx, batch["tokens"].device))
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # train/lr: LearningRateMonitor
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -112,15 +104,12 @@ class MaskedDiffusionObjective(L.LightningModule):
         steps = int(self.trainer.datamodule.answer_mask.sum())  # one token per step
         row, _, _ = evaluate_sampler(self.network, self.val_sampler, benchmark, steps, self.val_samples,
                                   self.val_samples, seed=0, sampler_name="val")
-        for key in ("gen_nll", "bigram_kl", "accuracy", "entropy"):
-            if key in row:
-                self.log(f"val/{key}", row[key], prog_bar=key in ("gen_nll", "accuracy"), sync_dist=True)
+        self.log_dict({f"val/{k}": row[k] for k in ("gen_nll", "bigram_kl", "accuracy", "entropy") if k in row},
+                      prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(self.network.parameters())
-        total = self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, self.warmup_steps, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+        return optimizer_config(optimizer, self.warmup_steps, self.trainer.max_steps)
 
     def export(self, path: str) -> None:
         """Save the trained denoiser as a teacher directory other objectives load frozen."""

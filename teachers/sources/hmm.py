@@ -35,6 +35,9 @@ class SourceConfig:
     # so the hidden state persists and tokens far apart stay dependent
 
     def validate(self) -> None:
+        if self.vocab_size < 2 or self.hidden_states < 1:
+            raise ValueError(f"vocab_size must be >= 2 and hidden_states >= 1, got vocab_size={self.vocab_size}, "
+                             f"hidden_states={self.hidden_states}")
         if self.emissions_per_state is None and self.hidden_states != self.vocab_size:
             raise ValueError(
                 f"a first-order chain (emissions_per_state=null) needs hidden_states == vocab_size, "

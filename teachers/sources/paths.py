@@ -31,6 +31,8 @@ class PathsConfig:
     graph_seed: int = 0
 
     def validate(self) -> None:
+        if self.nodes < 2:
+            raise ValueError(f"nodes must be >= 2 (a start and a goal), got {self.nodes}")
         if not 1 <= self.successors <= self.nodes:
             raise ValueError(f"successors must be in [1, nodes={self.nodes}], got {self.successors}")
         if self.answer_len < 1:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from teachers.samplers.ancestral import AncestralSampler
 from teachers.samplers.confidence import SCORES, ConfidenceSampler
-from teachers.samplers.base import MaskedSampler, Sampler, draw_tokens, reveal_counts, top_k_mask
+from teachers.samplers.base import MaskedSampler, Sampler, draw_tokens, fill_after_end, reveal_counts, top_k_mask
 from teachers.transformer import Block
 
 RULES = (*SCORES, "random")
@@ -218,10 +218,13 @@ class JointHeadSampler(Sampler, nn.Module):
             hidden = denoiser.hidden_states(tokens)  # the full forward
         else:
             hidden = denoiser.hidden_states(tokens, attention_mask=attention_mask)
+        eos_id = self.fill_id(denoiser)
         states = []
         for m in range(int(counts.max())):
             hidden, logits = self.head_pass(denoiser, tokens, hidden)
             tokens = reveal_one(self.rule, logits, tokens, denoiser.mask_id, m < counts, generator)
+            if eos_id is not None:  # after every pass, so later passes see the filled tail
+                tokens = fill_after_end(tokens, start_mask, eos_id)
             states.append(tokens)
         return states or [tokens]
 

@@ -125,7 +125,8 @@ class LearnedSampler(Sampler, nn.Module):
         counts, _ = self.counts(start_mask.sum(-1).cpu())
         draws = draw_tokens(self.step_logits(logits, i), 1.0, generator)
         uniforms = torch.rand(masked.shape, generator=generator, device=masked.device)
-        chosen, _, _ = self.select(logits, masked, counts[:, i].to(masked.device), i, uniforms)
+        k = torch.minimum(counts[:, i].to(masked.device), masked.sum(-1))  # fewer left after end-token filling
+        chosen, _, _ = self.select(logits, masked, k, i, uniforms)
         return torch.where(chosen, draws, tokens)
 
     def describe(self, num_masked: int) -> str:

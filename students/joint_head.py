@@ -226,7 +226,7 @@ class JointHeadSampler(Sampler, nn.Module):
             if eos_id is not None:  # after every pass, so later passes see the filled tail
                 tokens = fill_after_end(tokens, start_mask, eos_id)
             states.append(tokens)
-        return states or [tokens]
+        return states  # never empty: steps <= masked positions, so the fullest row reveals >= 1 per step
 
     def describe(self, generated: int) -> str:
         """Markdown: K, full forwards and head passes for `generated` tokens, head size."""

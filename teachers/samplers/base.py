@@ -109,7 +109,8 @@ def check_llada_steps(num_masked: Tensor, steps: int, block_size: int | None) ->
 def dream_count(num_masked: Tensor, step: int, steps: int, eps: float = DREAM_EPS) -> Tensor:
     """(B,) tokens Dream's diffusion_generate reveals at `step` out of the `num_masked` still masked:
     int(n * (1 - s / t)) with t, s = linspace(1, eps, steps + 1)[step : step + 2], all of them at the last step.
-    Computed in float32 as Dream does."""
+    Computed in float32 as Dream does, per row (Dream uses the batch mean: the same when every row
+    masks as many positions, as in its left-padded batches)."""
     if step == steps - 1:
         return num_masked.long()
     t = torch.linspace(1, eps, steps + 1)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from students.lora import adapter_state, check_lora, load_adapter_state
 from students.own_denoiser import (attach_lora, copy_denoiser, denoiser_spec, is_hf_spec, lora_network,
                                    merged_denoiser)
-from teachers.samplers.base import SampleOutput, draw_tokens, make_canvas
+from teachers.samplers.base import Sampler, draw_tokens
 from teachers.transformer import TransformerDenoiser
 
 
@@ -36,7 +36,7 @@ def block_index(start_mask: Tensor, block_size: int) -> Tensor:
     return torch.where(start_mask, rank // block_size, -1)
 
 
-class EntropyThresholdSampler(nn.Module):
+class EntropyThresholdSampler(Sampler, nn.Module):
     """Args:
         threshold: entropy (nats) below which a masked position of the current block is committed.
         block_size: positions per semi-autoregressive block.
@@ -53,6 +53,7 @@ class EntropyThresholdSampler(nn.Module):
     """
 
     name = "entropy_threshold"
+    adaptive = True  # each row stops when it has nothing left; the loop calls the denoiser on unfinished rows
 
     def __init__(
         self,
@@ -176,8 +177,23 @@ class EntropyThresholdSampler(nn.Module):
         """The step count is adaptive; `generated` (one token per step) is its upper bound."""
         return [generated]
 
-    def step(self, logits: Tensor, tokens: Tensor, masked: Tensor, block: Tensor, generator) -> Tensor:
+    def plan(self, start_mask: Tensor, steps: int | None) -> int:
+        """steps: an upper bound (None, or at least the number of masked positions): the decoder picks
+        its own step count, at most one step per masked position."""
+        most = int(start_mask.sum(-1).max()) if start_mask.numel() else 0
+        if steps is not None and steps < most:
+            raise ValueError(f"the entropy-threshold decoder picks its own step count (at most one per masked "
+                             f"position); steps must be null or >= {most}, got {steps}")
+        return most
+
+    def fill_id(self, denoiser: nn.Module) -> int | None:
+        """This student's own end token (`eos_id`) always ends an answer; else `eos_fill` with the denoiser's."""
+        return self.eos_id if self.eos_id is not None else super().fill_id(denoiser)
+
+    def step(self, logits: Tensor, tokens: Tensor, masked: Tensor, i: int, steps: int, start_mask: Tensor,
+             generator: torch.Generator | None) -> Tensor:
         """One decoding step on rows that still have masked positions: (B, L) tokens after it."""
+        block = block_index(start_mask, self.block_size)
         entropy = tempered_entropy(logits)  # (B, L)
         current = block.masked_fill(~masked, block.shape[1]).amin(-1, keepdim=True)  # each row's active block
         in_block = masked & (block == current)
@@ -185,53 +201,7 @@ class EntropyThresholdSampler(nn.Module):
         most_certain = entropy.masked_fill(~in_block, float("inf")).argmin(-1)  # (B,)
         commit[torch.arange(len(commit), device=commit.device), most_certain] = True  # progress
         draws = draw_tokens(logits, self.temperature, generator)
-        tokens = torch.where(commit, draws, tokens)
-        if self.eos_id is not None:  # everything after a committed end token is the end token
-            after = ((tokens == self.eos_id) & (block >= 0)).long().cumsum(-1) > 0
-            tokens = torch.where(after & (masked & ~commit), self.eos_id, tokens)
-        return tokens
-
-    @torch.no_grad()
-    def sample(
-        self,
-        denoiser: nn.Module,
-        steps: int | None = None,
-        *,
-        batch_size: int | None = None,
-        seq_len: int | None = None,
-        prompt: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        return_trace: bool = False,
-    ) -> SampleOutput:
-        """Fill every masked position, each row until it has none left.
-
-        steps: an upper bound (None, or at least the number of masked positions): the decoder
-            picks its own step count, at most one step per masked position.
-        Returns tokens, nfe = mean forward passes per row, and nfe_per_row (B,).
-        """
-        net = self.network(denoiser)
-        mask_id = net.mask_id
-        tokens = make_canvas(mask_id, batch_size, seq_len, prompt)
-        start_mask = tokens == mask_id
-        most = int(start_mask.sum(-1).max())
-        if steps is not None and steps < most:
-            raise ValueError(f"the entropy-threshold decoder picks its own step count (at most one per masked "
-                             f"position); steps must be null or >= {most}, got {steps}")
-        block = block_index(start_mask, self.block_size)
-        nfe_per_row = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
-        trace = [] if return_trace else None
-        active = start_mask.any(-1)
-        while active.any():
-            rows = active.nonzero().squeeze(1)
-            x = tokens[rows]
-            logits = net(x)
-            tokens[rows] = self.step(logits, x, x == mask_id, block[rows], generator)
-            nfe_per_row[rows] += 1
-            if trace is not None:
-                trace.append(tokens.clone())
-            active = (tokens == mask_id).any(-1)
-        nfe = nfe_per_row.double().mean().item() if len(nfe_per_row) else 0.0
-        return SampleOutput(tokens=tokens, nfe=nfe, trace=trace, nfe_per_row=nfe_per_row)
+        return torch.where(commit, draws, tokens)
 
     def describe(self, num_masked: int) -> str:
         own = "none (decodes the denoiser it is given)" if self.denoiser_config is None else (

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from teachers.samplers.ancestral import AncestralSampler
 from teachers.samplers.confidence import SCORES, ConfidenceSampler
-from teachers.samplers.base import MaskedSampler, SampleOutput, draw_tokens, make_canvas, reveal_counts, top_k_mask
+from teachers.samplers.base import MaskedSampler, Sampler, draw_tokens, fill_after_end, reveal_counts, top_k_mask
 from teachers.transformer import Block
 
 RULES = (*SCORES, "random")
@@ -127,7 +127,7 @@ class JointHead(nn.Module):
         return hidden + self.proj_out(self.norm_out(x))  # residual add onto the previous hidden state
 
 
-class JointHeadSampler(nn.Module):
+class JointHeadSampler(Sampler, nn.Module):
     """One full denoiser forward, then up to K head passes, each revealing one token.
 
     `steps` counts full forwards (NFE); head passes are reported separately (`head_passes`).
@@ -142,13 +142,17 @@ class JointHeadSampler(nn.Module):
         reveal: which masked position each pass reveals: "neg_entropy" (lowest entropy, default),
             "max_prob", "margin", "sampled", or "random".
         temperature: tokens are drawn from softmax(logits / temperature).
+        eos_fill: a committed end token turns every later answer position into the end token
+            (applied after each full forward's head passes).
     """
 
     name = "joint_head"
+    counts_head_passes = True
 
     def __init__(self, tokens_per_forward: int = 4, hidden_size: int | None = None, embed_size: int | None = None,
                  width: int | None = None, n_layer: int = 1, n_head: int = 4, mlp_ratio: int = 4, max_distance: int = 8,
-                 reveal: str = "neg_entropy", temperature: float = 1.0, zero_init: bool = True) -> None:
+                 reveal: str = "neg_entropy", temperature: float = 1.0, zero_init: bool = True,
+                 eos_fill: bool = False) -> None:
         super().__init__()
         if int(tokens_per_forward) < 1:
             raise ValueError(f"student.tokens_per_forward must be >= 1, got {tokens_per_forward}")
@@ -157,6 +161,7 @@ class JointHeadSampler(nn.Module):
         self.max_distance, self.zero_init = max_distance, zero_init
         self.reveal = reveal
         self.temperature = temperature
+        self.eos_fill = bool(eos_fill)
         self.rule = reveal_rule(reveal, temperature)
         self.hidden_size = self.embed_size = None
         self.head: JointHead | None = None
@@ -183,7 +188,7 @@ class JointHeadSampler(nn.Module):
         return {"tokens_per_forward": self.tokens_per_forward, "hidden_size": self.hidden_size,
                 "embed_size": self.embed_size, "width": self.width, "n_layer": self.n_layer, "n_head": self.n_head, "mlp_ratio": self.mlp_ratio,
                 "max_distance": self.max_distance, "reveal": self.reveal, "temperature": self.temperature,
-                "zero_init": self.zero_init}
+                "zero_init": self.zero_init, "eos_fill": self.eos_fill}
 
     def default_steps(self, generated: int) -> list[int]:
         return [math.ceil(generated / self.tokens_per_forward)]
@@ -200,40 +205,28 @@ class JointHeadSampler(nn.Module):
         hidden = self.head(denoiser.embed(tokens), hidden)
         return hidden, denoiser.lm_head(hidden)
 
-    @torch.no_grad()
-    def sample(
-        self,
-        denoiser: nn.Module,
-        steps: int | None = None,
-        *,
-        batch_size: int | None = None,
-        seq_len: int | None = None,
-        prompt: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        return_trace: bool = False,
-    ) -> SampleOutput:
-        """Generate every masked position in `steps` full forwards (default ceil(masked / K)), one token per head pass.
+    def plan(self, start_mask: Tensor, steps: int | None) -> int:
+        """`steps` full forwards, by default ceil(masked / K)."""
+        most = int(start_mask.sum(-1).max())
+        return super().plan(start_mask, steps if steps is not None else self.default_steps(most)[0])
 
-        trace: the state after every head pass (one more revealed token each).
-        """
-        tokens = make_canvas(denoiser.mask_id, batch_size, seq_len, prompt)
-        num_masked = (tokens == denoiser.mask_id).sum(-1)
-        most = int(num_masked.max())
-        steps = steps if steps is not None else self.default_steps(most)[0]
-        if not 1 <= steps <= max(most, 1):
-            raise ValueError(f"steps must be between 1 and the number of masked positions ({most}), got {steps}")
-        trace = [] if return_trace else None
-        head_passes = 0
-        for i in range(steps):
-            counts = reveal_counts(num_masked, i, steps)  # (B,) tokens this forward reveals per row
+    def advance(self, denoiser: nn.Module, tokens: Tensor, masked: Tensor, i: int, steps: int, start_mask: Tensor,
+                attention_mask: Tensor | None, generator: torch.Generator | None) -> list[Tensor]:
+        """One full forward, then this step's share of masked positions, one per head pass: the state after each pass."""
+        counts = reveal_counts(start_mask.sum(-1), i, steps)  # (B,) tokens this forward reveals per row
+        if attention_mask is None:
             hidden = denoiser.hidden_states(tokens)  # the full forward
-            for m in range(int(counts.max())):
-                hidden, logits = self.head_pass(denoiser, tokens, hidden)
-                head_passes += 1
-                tokens = reveal_one(self.rule, logits, tokens, denoiser.mask_id, m < counts, generator)
-                if trace is not None:
-                    trace.append(tokens.clone())
-        return SampleOutput(tokens=tokens, nfe=steps, trace=trace, head_passes=head_passes)
+        else:
+            hidden = denoiser.hidden_states(tokens, attention_mask=attention_mask)
+        eos_id = self.fill_id(denoiser)
+        states = []
+        for m in range(int(counts.max())):
+            hidden, logits = self.head_pass(denoiser, tokens, hidden)
+            tokens = reveal_one(self.rule, logits, tokens, denoiser.mask_id, m < counts, generator)
+            if eos_id is not None:  # after every pass, so later passes see the filled tail
+                tokens = fill_after_end(tokens, start_mask, eos_id)
+            states.append(tokens)
+        return states  # never empty: steps <= masked positions, so the fullest row reveals >= 1 per step
 
     def describe(self, generated: int) -> str:
         """Markdown: K, full forwards and head passes for `generated` tokens, head size."""

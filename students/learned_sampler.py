@@ -17,22 +17,24 @@ import torch
 from torch import Tensor, nn
 
 from students.reveal_rule import FEATURES, STATIC, race_select, static_features
-from teachers.samplers.base import SampleOutput, draw_tokens, make_canvas
+from teachers.samplers.base import Sampler, draw_tokens
 
 PARTS = ("coefficient", "grid", "rule")
 
 
-class LearnedSampler(nn.Module):
+class LearnedSampler(Sampler, nn.Module):
     """Args:
         steps: M, the number of denoiser calls.
         learn: which parts train (the others keep their initial values).
         rule_init: initial rule weights by feature name, the same at every step (default all 0:
             uniformly random order). E.g. {"adjacent_chosen": -30} keeps neighbours apart.
+        eos_fill: a committed end token turns every later answer position into the end token.
     """
 
     name = "learned"
 
-    def __init__(self, steps: int, learn: list[str] | tuple[str, ...] = PARTS, rule_init: dict[str, float] | None = None) -> None:
+    def __init__(self, steps: int, learn: list[str] | tuple[str, ...] = PARTS, rule_init: dict[str, float] | None = None,
+                 eos_fill: bool = False) -> None:
         super().__init__()
         if int(steps) < 1:
             raise ValueError(f"student.steps must be >= 1, got {steps}")
@@ -46,6 +48,7 @@ class LearnedSampler(nn.Module):
         self.steps = int(steps)
         self.learn = [p for p in PARTS if p in learn]
         self.rule_init = rule_init
+        self.eos_fill = bool(eos_fill)
         self.log_coefficient = nn.Parameter(torch.zeros(self.steps), requires_grad="coefficient" in learn)
         self.grid_logits = nn.Parameter(torch.zeros(self.steps), requires_grad="grid" in learn)
         init = torch.tensor([float(rule_init.get(f, 0.0)) for f in FEATURES])
@@ -53,7 +56,7 @@ class LearnedSampler(nn.Module):
 
     @property
     def config(self) -> dict:
-        return {"steps": self.steps, "learn": list(self.learn), "rule_init": dict(self.rule_init)}
+        return {"steps": self.steps, "learn": list(self.learn), "rule_init": dict(self.rule_init), "eos_fill": self.eos_fill}
 
     def default_steps(self, generated: int) -> list[int]:
         return [self.steps]
@@ -110,35 +113,21 @@ class LearnedSampler(nn.Module):
         static = static_features(logits, revealed) @ w[: len(STATIC)]
         return race_select(static, w[len(STATIC):], masked, k, uniforms)
 
-    @torch.no_grad()
-    def sample(
-        self,
-        denoiser: nn.Module,
-        steps: int | None = None,
-        *,
-        batch_size: int | None = None,
-        seq_len: int | None = None,
-        prompt: Tensor | None = None,
-        generator: torch.Generator | None = None,
-        return_trace: bool = False,
-    ) -> SampleOutput:
-        """Generate every masked position in `self.steps` denoiser calls (`steps`, if given, must match)."""
+    def plan(self, start_mask: Tensor, steps: int | None) -> int:
+        """Always `self.steps` denoiser calls (`steps`, if given, must match)."""
         if steps is not None:
             self.check_steps(steps)
-        tokens = make_canvas(denoiser.mask_id, batch_size, seq_len, prompt)
-        counts, _ = self.counts((tokens == denoiser.mask_id).sum(-1).cpu())
-        counts = counts.to(tokens.device)
-        trace = [] if return_trace else None
-        for i in range(self.steps):
-            masked = tokens == denoiser.mask_id
-            logits = denoiser(tokens)
-            draws = draw_tokens(self.step_logits(logits, i), 1.0, generator)
-            uniforms = torch.rand(masked.shape, generator=generator, device=masked.device)
-            chosen, _, _ = self.select(logits, masked, counts[:, i], i, uniforms)
-            tokens = torch.where(chosen, draws, tokens)
-            if trace is not None:
-                trace.append(tokens.clone())
-        return SampleOutput(tokens=tokens, nfe=self.steps, trace=trace)
+        return self.steps
+
+    def step(self, logits: Tensor, tokens: Tensor, masked: Tensor, i: int, steps: int, start_mask: Tensor,
+             generator: torch.Generator | None) -> Tensor:
+        """Draw tokens from softmax(coefficient_i * logits) and reveal the grid's count, picked by the rule."""
+        counts, _ = self.counts(start_mask.sum(-1).cpu())
+        draws = draw_tokens(self.step_logits(logits, i), 1.0, generator)
+        uniforms = torch.rand(masked.shape, generator=generator, device=masked.device)
+        k = torch.minimum(counts[:, i].to(masked.device), masked.sum(-1))  # fewer left after end-token filling
+        chosen, _, _ = self.select(logits, masked, k, i, uniforms)
+        return torch.where(chosen, draws, tokens)
 
     def describe(self, num_masked: int) -> str:
         """The learned coefficients as a Markdown table: per step count, coefficient, rule weights."""

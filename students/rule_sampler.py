@@ -13,18 +13,20 @@ from teachers.samplers.base import SampleOutput
 class RuleSampler:
     """Args:
         weights: rule weight per feature name (students.FEATURES), the same at every step.
+        eos_fill: a committed end token turns every later answer position into the end token.
     """
 
     name = "rule"
 
-    def __init__(self, weights: dict[str, float]) -> None:
+    def __init__(self, weights: dict[str, float], eos_fill: bool = False) -> None:
         self.weights = dict(weights)
+        self.eos_fill = bool(eos_fill)
         LearnedSampler(1, learn=[], rule_init=self.weights)  # validates the feature names now
 
     def sample(self, denoiser: nn.Module, steps: int, *, batch_size: int | None = None, seq_len: int | None = None,
-               prompt: Tensor | None = None, generator: torch.Generator | None = None,
-               return_trace: bool = False) -> SampleOutput:
-        sampler = LearnedSampler(steps, learn=[], rule_init=self.weights)
+               prompt: Tensor | None = None, attention_mask: Tensor | None = None,
+               generator: torch.Generator | None = None, return_trace: bool = False) -> SampleOutput:
+        sampler = LearnedSampler(steps, learn=[], rule_init=self.weights, eos_fill=self.eos_fill)
         return sampler.to(prompt.device if prompt is not None else "cpu").sample(
-            denoiser, steps, batch_size=batch_size, seq_len=seq_len, prompt=prompt, generator=generator,
-            return_trace=return_trace)
+            denoiser, steps, batch_size=batch_size, seq_len=seq_len, prompt=prompt, attention_mask=attention_mask,
+            generator=generator, return_trace=return_trace)

@@ -7,7 +7,7 @@ from teachers.samplers.dilated import DilatedSampler
 from teachers.sources.hmm import HiddenMarkovSource, SourceConfig
 from teachers.oracle import OracleDenoiser
 from teachers.sources.paths import PathsConfig, PathsTask
-from teachers.samplers.base import MaskedSampler, SampleOutput
+from teachers.samplers.base import MaskedSampler, SampleOutput, Sampler
 from teachers.saved import load_teacher, save_teacher
 from teachers.transformer import TransformerDenoiser
 
@@ -15,6 +15,6 @@ load = load_teacher
 
 __all__ = [
     "AncestralSampler", "BlockwiseSampler", "ConfidenceSampler", "DilatedSampler", "HiddenMarkovSource",
-    "MaskedSampler", "OracleDenoiser", "PathsConfig", "PathsTask", "SampleOutput", "SourceConfig",
+    "MaskedSampler", "OracleDenoiser", "PathsConfig", "PathsTask", "SampleOutput", "Sampler", "SourceConfig",
     "TransformerDenoiser", "load", "load_teacher", "save_teacher",
 ]

@@ -8,6 +8,8 @@ counts="even" (default) reveals exactly the expected number per step (n/T, sprea
 LLaDA does; the order is still uniformly random and independent of the drawn tokens, so at T = L
 (one token per step) the sampler is exact on exact conditionals. counts="binomial" draws each
 position independently, as MDLM's sampler does, so some steps reveal several tokens even at T = L.
+With counts="even", `schedule` sets the counts per step; schedule="llada" is LLaDA's
+remasking="random".
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from teachers.samplers.base import MaskedSampler, draw_tokens, uniform_scores
 class AncestralSampler(MaskedSampler):
     name = "ancestral"
 
-    def __init__(self, temperature: float = 1.0, counts: str = "even") -> None:
-        super().__init__(temperature)
+    def __init__(self, temperature: float = 1.0, counts: str = "even", schedule: str = "even", eos_fill: bool = False) -> None:
+        super().__init__(temperature, schedule, eos_fill)
         if counts not in ("even", "binomial"):
             raise ValueError(f"counts must be 'even' or 'binomial', got {counts!r}")
+        if counts == "binomial" and schedule != "even":
+            raise ValueError(f"counts='binomial' draws each step's count itself; schedule={schedule!r} needs counts='even'")
         self.counts = counts
 
     def scores(self, logits, draws, masked, start_mask, generator) -> Tensor:

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 import students
-from distill.objectives.certainty import already_correct, certainty_loss, choose_threshold, complementary_masks, state_reference
+from distill.evaluation.threshold_choice import choose_threshold, state_reference
+from distill.objectives.certainty import already_correct, certainty_loss, complementary_masks
 from distill.data.sources import PathsDataModule
 from distill.data.self_generated import (SelfGeneratedDataModule, complete_prefixes, generate, load_or_generate,
                                     to_tokens)

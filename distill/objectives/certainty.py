@@ -21,8 +21,6 @@ validation whose chosen threshold needs the fewest forward passes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
@@ -31,8 +29,8 @@ import students
 from distill.evaluation.threshold_choice import (choose_threshold, print_choice, reference_decoder, score_canvases,
                                                  state_reference, sweep_thresholds)
 from distill.objectives.base import StudentObjective
-from distill.objectives.masked_diffusion import masked_ce
-from students.entropy_threshold import block_index, tempered_entropy
+from distill.objectives.losses import certainty_loss
+from students.entropy_threshold import block_index
 from students.lora import count_trainable
 
 
@@ -54,31 +52,6 @@ def complementary_masks(answer_mask: Tensor, block_size: int, ratio_range: tuple
     ratio = lo + (hi - lo) * torch.rand(B, 1, generator=generator, device=device)
     first = in_block & (torch.rand(B, L, generator=generator, device=device) < ratio)
     return first, in_block & ~first, block > active[:, None]
-
-
-def already_correct(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """(B, L) bool: masked positions whose argmax prediction already equals the target."""
-    return mask & (logits.argmax(-1) == target)
-
-
-@dataclass
-class CertaintyLoss:
-    """loss = ce + beta * entropy; ce: mean cross-entropy over masked tokens; entropy: mean entropy of
-    softmax(logits / tau) over the masked tokens already predicted correctly (0 if none);
-    correct: fraction of masked tokens already predicted correctly."""
-
-    loss: Tensor
-    ce: Tensor
-    entropy: Tensor
-    correct: Tensor
-
-
-def certainty_loss(logits: Tensor, target: Tensor, mask: Tensor, beta: float, tau: float) -> CertaintyLoss:
-    ce = masked_ce(logits, target, mask)
-    correct = already_correct(logits, target, mask)
-    entropy = (tempered_entropy(logits, tau) * correct).sum() / correct.sum().clamp_min(1)
-    frac = correct.sum() / mask.sum().clamp_min(1)
-    return CertaintyLoss(loss=ce + beta * entropy, ce=ce, entropy=entropy, correct=frac)
 
 
 class CertaintyObjective(StudentObjective):

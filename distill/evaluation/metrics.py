@@ -4,6 +4,8 @@ correctly across processes). Each takes generated token ids (B, L) in `update`.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -220,3 +222,26 @@ class GenPPLMetric(Metric):
 
     def compute(self) -> Tensor:
         return (self.nll_sum / self.tokens.clamp_min(1)).exp()
+
+
+class AnswerAccuracyMetric(Metric):
+    """Fraction of generated answers whose checked value equals the reference's."""
+
+    full_state_update = False
+
+    def __init__(self, references: dict[tuple, str], decode, prompt_len: int, check: Callable[[str], str | None]) -> None:
+        super().__init__()
+        self.references, self.decode, self.prompt_len = references, decode, prompt_len
+        self.check = check
+        self.add_state("correct", _zero(), dist_reduce_fx="sum")
+        self.add_state("total", _zero(), dist_reduce_fx="sum")
+
+    def update(self, tokens: Tensor) -> None:
+        answers = self.decode(tokens[:, self.prompt_len:])
+        for prompt, answer in zip(tokens[:, : self.prompt_len].tolist(), answers):
+            expected = self.check(self.references[tuple(prompt)])
+            self.correct += float(expected is not None and self.check(answer) == expected)
+            self.total += 1
+
+    def compute(self) -> Tensor:
+        return self.correct / self.total

@@ -12,7 +12,9 @@ import time
 import torch
 from distill.data.sources import PathsDataModule
 from distill.data.self_generated import complete_prefixes, load_or_generate, prefix_canvases, to_tokens
-from distill.objectives.certainty import complementary_masks, certainty_loss, score_canvases, score_pairs
+from distill.evaluation.threshold_choice import score_canvases, score_pairs
+from distill.objectives.certainty import complementary_masks
+from distill.objectives.losses import certainty_loss
 from distill.objectives.schedule import warmup_cosine
 from students.entropy_threshold import EntropyThresholdSampler
 from teachers import BlockwiseSampler, load_teacher

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import students
-from distill.objectives.certainty import score_pairs
+from distill.evaluation.threshold_choice import score_pairs
 from distill.data.sources import PathsDataModule
 from distill.evaluation.evaluate import evaluate_sampler
 from distill.evaluation.report import markdown_table

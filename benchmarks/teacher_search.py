@@ -16,7 +16,8 @@ import torch
 
 from distill.data.sources import PathsDataModule, SourceDataModule
 from distill.evaluation.evaluate import evaluate_sampler
-from distill.objectives.masked_diffusion import mask_tokens, masked_ce
+from distill.objectives.losses import masked_ce
+from distill.objectives.masked_diffusion import mask_tokens
 from distill.objectives.schedule import warmup_cosine
 from teachers import AncestralSampler, BlockwiseSampler, TransformerDenoiser
 

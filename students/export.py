@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from teachers.saved import read_meta, sha256_file
+from teachers.files import atomic_directory
+from teachers.saved import data_mismatch, read_meta, sha256_file
 
 FORMAT = "fewstep-student/1"
 
@@ -48,9 +47,7 @@ def save_student(
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; choose another export_dir or delete it first")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         state = student.export_state() if hasattr(student, "export_state") else student.state_dict()
         weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(weights, tmp / "model.safetensors")
@@ -69,10 +66,6 @@ def save_student(
             (tmp / "config.yaml").write_text(config_yaml)
         if card is not None:
             (tmp / "README.md").write_text(card)
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
@@ -150,7 +143,6 @@ def check_teacher(teacher_ref: dict, teacher: nn.Module, data: dict | None = Non
             raise ValueError("this student was distilled from the oracle of its data source; evaluate it with "
                              "teacher=oracle and the same data")
     if data is not None and teacher_ref.get("data") is not None:
-        differs = {k: (teacher_ref["data"].get(k), v) for k, v in data.items() if teacher_ref["data"].get(k) != v}
-        if differs:
-            fixes = " ".join(f"data.{k}={a}" for k, (a, _) in differs.items() if k != "kind")
-            raise ValueError(f"this student was distilled on other data ({differs}); add: {fixes}")
+        message = data_mismatch(teacher_ref["data"], data, "this student was distilled", "student")
+        if message:
+            raise ValueError(message)

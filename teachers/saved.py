@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from teachers.files import atomic_directory
 from teachers.transformer import TransformerDenoiser
 
 FORMAT = "fewstep-teacher/1"
@@ -33,14 +32,33 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def data_mismatch(recorded: dict, given: dict, subject: str, model: str, what: str = "other data",
+                  hint: str = "") -> str | None:
+    """The error for a model meeting data other than its own, None when they agree.
+
+    Args:
+        recorded: the data spec the model records (what it was trained on).
+        given: the data spec of this run; every key of it is compared.
+        subject: who differs, e.g. "the teacher at DIR was trained" or "this student was distilled".
+        model: its name in the per-key detail ("vocab_size: teacher 6 vs data 8").
+        what: what it was trained on instead ("other data", "another prompt split").
+        hint: appended to "run on its data" (e.g. the data= group to pick).
+    The message lists each difference and the `data.KEY=VALUE` overrides that restore the model's own data.
+    """
+    differs = {k: (recorded.get(k), v) for k, v in given.items() if recorded.get(k) != v}
+    if not differs:
+        return None
+    detail = ", ".join(f"{k}: {model} {a!r} vs data {b!r}" for k, (a, b) in differs.items())
+    fixes = " ".join(f"data.{k}={a}" for k, (a, _) in differs.items() if k != "kind")
+    return f"{subject} on {what} ({detail}); run on its data{hint} by adding: {fixes}".rstrip()
+
+
 def save_teacher(model: TransformerDenoiser, path: str | os.PathLike, data: dict, extra: dict | None = None) -> Path:
     """Write `model` and its metadata to the directory `path` (which must not exist)."""
     path = Path(path)
     if path.exists():
         raise FileExistsError(f"{path} already exists; choose another export_dir or delete it first")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(weights, tmp / "model.safetensors")
         meta = {
@@ -51,10 +69,6 @@ def save_teacher(model: TransformerDenoiser, path: str | os.PathLike, data: dict
             **(extra or {}),
         }
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-        os.rename(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
 import students
-from distill.objectives.certainty import already_correct, certainty_loss, choose_threshold, complementary_masks, state_reference
+from distill.evaluation.threshold_choice import choose_threshold, state_reference
+from distill.objectives.certainty import complementary_masks
 from distill.data.sources import PathsDataModule
 from distill.data.self_generated import (SelfGeneratedDataModule, complete_prefixes, generate, load_or_generate,
                                     to_tokens)
@@ -31,33 +31,6 @@ def test_tempered_entropy_matches_hand_values():
     assert tempered_entropy(logits, 1.0).item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)), abs=1e-6)
     assert tempered_entropy(logits, 0.5).item() == pytest.approx(-(0.1 * math.log(0.1) + 0.9 * math.log(0.9)), abs=1e-6)
     assert tempered_entropy(torch.zeros(5), 0.5).item() == pytest.approx(math.log(5), abs=1e-6)
-
-
-def test_already_correct_is_argmax_equals_target_on_masked_positions_only():
-    logits = torch.tensor([[[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [5.0, 0.0, 0.0]]])  # argmax 0 1 2 0
-    target = torch.tensor([[0, 1, 0, 0]])
-    mask = torch.tensor([[True, True, True, False]])
-    assert already_correct(logits, target, mask).tolist() == [[True, True, False, False]]
-
-
-def test_certainty_loss_is_ce_plus_beta_times_entropy_on_correct_tokens():
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 5, 4, generator=gen) * 3
-    target = torch.randint(4, (3, 5), generator=gen)
-    mask = torch.rand(3, 5, generator=gen) < 0.7
-    out = certainty_loss(logits, target, mask, beta=2.0, tau=0.5)
-    ce = [F.cross_entropy(logits[b, i], target[b, i]).item() for b in range(3) for i in range(5) if mask[b, i]]
-    ent = []
-    for b in range(3):
-        for i in range(5):
-            if mask[b, i] and logits[b, i].argmax() == target[b, i]:
-                p = torch.softmax(logits[b, i] / 0.5, -1)
-                ent.append(-(p * p.log()).sum().item())
-    assert ent, "the draw should have some correct masked tokens"
-    assert out.ce.item() == pytest.approx(sum(ce) / len(ce), rel=1e-5)
-    assert out.entropy.item() == pytest.approx(sum(ent) / len(ent), rel=1e-5)
-    assert out.loss.item() == pytest.approx(sum(ce) / len(ce) + 2.0 * sum(ent) / len(ent), rel=1e-5)
-    assert out.correct.item() == pytest.approx(len(ent) / len(ce))
 
 
 @pytest.mark.parametrize("block_size", [32, 4, 5])

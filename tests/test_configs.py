@@ -77,7 +77,7 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
 GPU_EXPERIMENTS = [e for e in EXPERIMENTS if e.startswith(("llada_", "dream_"))]
 HIDDEN_SIZE = {"llada": 4096, "dream": 3584}  # LLaDA-8B-Instruct, Dream-v0-Instruct-7B (their config.json)
 OBJECTIVES = {"certainty": "distill.objectives.certainty.CertaintyObjective", "joint_head": "distill.objectives.joint_head.JointHeadObjective",
-              "lsd_joint": "distill.objectives.lsd.LSDObjective"}
+              "lsd_joint": "distill.objectives.lsd_joint.LSDJointObjective"}
 
 
 @pytest.mark.parametrize("experiment", GPU_EXPERIMENTS)

@@ -13,7 +13,8 @@ import torch
 
 from distill.data.sources import SourceDataModule
 from distill.apps.export import export_checkpoint
-from distill.objectives.lsd import LSDObjective, joint_rollout
+from distill.objectives.lsd import LSDObjective
+from distill.objectives.lsd_joint import LSDJointObjective, joint_rollout
 from students import LearnedSampler, RuleSampler, load
 from students.reveal_rule import nearest_distance, race_select
 from teachers import AncestralSampler, HiddenMarkovSource, OracleDenoiser, SourceConfig, TransformerDenoiser
@@ -135,10 +136,10 @@ def test_joint_kl_estimate_is_unbiased_for_the_exact_kl():
     assert kl.mean().item() == pytest.approx(exact, abs=4 * kl.std().item() / 200)
 
 
-def make_objective(teacher, divergence: str, learn: list[str], steps: int = 4):
-    return LSDObjective(student=LearnedSampler(steps, learn=learn), teacher=teacher,
-                        optimizer=partial(torch.optim.Adam, lr=0.1), vocab_size=teacher.vocab_size,
-                        seq_len=16, divergence=divergence, val_samples=0)
+def make_objective(teacher, objective: type, learn: list[str], steps: int = 4):
+    return objective(student=LearnedSampler(steps, learn=learn), teacher=teacher,
+                     optimizer=partial(torch.optim.Adam, lr=0.1), vocab_size=teacher.vocab_size,
+                     seq_len=16, val_samples=0)
 
 
 def objective_value(objective, canvas) -> float:
@@ -147,11 +148,12 @@ def objective_value(objective, canvas) -> float:
                               torch.Generator().manual_seed(123))[1]["objective"].item()
 
 
-@pytest.mark.parametrize("divergence, learn", [("joint", ["coefficient", "grid", "rule"]), ("transition", ["coefficient", "grid"])])
-def test_a_short_fit_lowers_the_objective(divergence, learn):
+@pytest.mark.parametrize("objective_class, learn", [(LSDJointObjective, ["coefficient", "grid", "rule"]),
+                                                     (LSDObjective, ["coefficient", "grid"])])
+def test_a_short_fit_lowers_the_objective(objective_class, learn):
     """From a sharpened, skewed start (the identity is already the transition optimum on the oracle)."""
     oracle = OracleDenoiser(chain())
-    objective = make_objective(oracle, divergence, learn)
+    objective = make_objective(oracle, objective_class, learn)
     with torch.no_grad():
         objective.student.log_coefficient.fill_(math.log(3.0))
         objective.student.grid_logits.copy_(torch.tensor([2.0, 0.0, 0.0, -1.0]))
@@ -169,15 +171,15 @@ def test_a_short_fit_lowers_the_objective(divergence, learn):
 
 def test_transition_divergence_cannot_train_the_rule():
     with pytest.raises(ValueError, match="cannot train the reveal rule"):
-        make_objective(OracleDenoiser(chain()), "transition", ["coefficient", "rule"])
+        make_objective(OracleDenoiser(chain()), LSDObjective, ["coefficient", "rule"])
 
 
 def test_teacher_frozen_and_absent_from_checkpoint_and_export_samples_identically(tmp_path):
     data = SourceDataModule(vocab_size=6, hidden_states=6, seq_len=8, batch_size=16, val_size=32)
     teacher = TransformerDenoiser(6, 8, n_layer=1, n_head=2, d_model=16)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    objective = LSDObjective(student=LearnedSampler(4), teacher=teacher, optimizer=partial(torch.optim.Adam, lr=0.1),
-                             vocab_size=6, seq_len=8, val_samples=0, data_spec=data.spec())
+    objective = LSDJointObjective(student=LearnedSampler(4), teacher=teacher, optimizer=partial(torch.optim.Adam, lr=0.1),
+                                  vocab_size=6, seq_len=8, val_samples=0, data_spec=data.spec())
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_progress_bar=False, limit_val_batches=0,
                         default_root_dir=tmp_path, enable_model_summary=False)
     trainer.fit(objective, datamodule=data)

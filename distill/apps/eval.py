@@ -22,6 +22,7 @@ import students
 from distill.apps.cli import CONF_DIR, check_override_keys, set_threads, user_errors
 from distill.evaluation.evaluate import evaluate_sampler, reference_row, sample_key, write_run
 from distill.evaluation.report import markdown_table
+from teachers.saved import data_mismatch
 
 
 def resolve_steps(steps: list[int] | None, generated: int) -> list[int]:
@@ -110,9 +111,10 @@ def run(cfg: DictConfig) -> None:
     if hasattr(sampler, "teacher_ref"):  # a loaded student: is this the teacher it was distilled from?
         students.check_teacher(sampler.teacher_ref, denoiser, datamodule.spec())
         split = getattr(sampler, "prompt_split", None)  # prompts a student trained on must stay out of the test
-        if split and hasattr(datamodule, "split_spec") and datamodule.split_spec() != split:
-            fixes = " ".join(f"data.{k}={v}" for k, v in split.items())
-            raise ValueError(f"this student was trained on another prompt split ({split}); add: {fixes}")
+        message = split and hasattr(datamodule, "split_spec") and data_mismatch(
+            split, datamodule.split_spec(), "this student was trained", "student", what="another prompt split")
+        if message:
+            raise ValueError(message)
         sampler = sampler.to(cfg.device)
         name = getattr(sampler, "method", name)
     denoiser = denoiser.to(cfg.device)  # a no-op for the oracle, which has no tensors

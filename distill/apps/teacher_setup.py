@@ -7,7 +7,7 @@ from torch import nn
 
 from teachers.hf import HFDiffusionLM, HFMaskedLM
 from teachers.oracle import OracleDenoiser
-from teachers.saved import load_teacher
+from teachers.saved import data_mismatch, load_teacher
 
 
 def oracle_teacher(datamodule) -> nn.Module:
@@ -27,15 +27,11 @@ def saved_teacher(path: str, datamodule) -> nn.Module:
     teacher = load_teacher(path)
     expected = datamodule.spec()
     saved = teacher.data_spec
-    differs = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
-    if differs:
-        fixes = " ".join(f"data.{k}={saved.get(k)}" for k in differs if k != "kind")
-        detail = ", ".join(f"{k}: teacher {a!r} vs data {b!r}" for k, (a, b) in differs.items())
-        kind_hint = f" with data={'paths' if saved.get('kind') == 'paths' else 'markov or hmm'}" if "kind" in differs else ""
-        raise ValueError(
-            f"the teacher at {path} was trained on other data ({detail}); run on its data{kind_hint} "
-            f"by adding: {fixes}".rstrip()
-        )
+    kind_hint = f" with data={'paths' if saved.get('kind') == 'paths' else 'markov or hmm'}" \
+        if "kind" in expected and saved.get("kind") != expected["kind"] else ""
+    message = data_mismatch(saved, expected, f"the teacher at {path} was trained", "teacher", hint=kind_hint)
+    if message:
+        raise ValueError(message)
     return teacher
 
 

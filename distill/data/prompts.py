@@ -17,9 +17,8 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from torchmetrics import Metric
 
-from distill.evaluation.metrics import EntropyMetric, _zero
+from distill.evaluation.benchmarks import PromptBenchmark
 from distill.data.sources import check_sizes
 from distill.data.streams import shuffled_batches, train_loader
 from distill.data.text import load_tokenizer
@@ -52,30 +51,6 @@ def read_rows(path: str, question_field: str, answer_field: str) -> list[tuple[s
         raise ValueError(f"{path} has no usable rows: none has both {question_field!r} and {answer_field!r}; set "
                          "data.question_field / data.answer_field to its column names")
     return usable
-
-
-class AnswerAccuracyMetric(Metric):
-    """Fraction of generated answers whose checked value equals the reference's."""
-
-    full_state_update = False
-
-    def __init__(self, references: dict[tuple, str], decode, prompt_len: int, checker: str,
-                 **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.references, self.decode, self.prompt_len = references, decode, prompt_len
-        self.check = CHECKERS[checker]
-        self.add_state("correct", _zero(), dist_reduce_fx="sum")
-        self.add_state("total", _zero(), dist_reduce_fx="sum")
-
-    def update(self, tokens: Tensor) -> None:
-        answers = self.decode(tokens[:, self.prompt_len:])
-        for prompt, answer in zip(tokens[:, : self.prompt_len].tolist(), answers):
-            expected = self.check(self.references[tuple(prompt)])
-            self.correct += float(expected is not None and self.check(answer) == expected)
-            self.total += 1
-
-    def compute(self) -> Tensor:
-        return self.correct / self.total
 
 
 class PromptsDataModule(L.LightningDataModule):
@@ -167,38 +142,7 @@ class PromptsDataModule(L.LightningDataModule):
         mask = self.answer_mask.expand_as(tokens)
         return DataLoader([{"tokens": t, "answer_mask": m} for t, m in zip(tokens, mask)], batch_size=self.batch_size)
 
-    def benchmark(self, **_) -> "PromptBenchmark":
+    def benchmark(self, **_) -> PromptBenchmark:
         held_out = self.tokens[self.val_index]
         references = {tuple(t[: self.prompt_len].tolist()): self.rows[i][1] for t, i in zip(held_out, self.val_index.tolist())}
-        return PromptBenchmark(self.tokenizer, held_out, references, self.prompt_len, self.checker)
-
-
-class PromptBenchmark:
-    """Held-out prompts, answers scored by the checker; entropy of the answers beside accuracy."""
-
-    def __init__(self, tokenizer, held_out: Tensor, references: dict, prompt_len: int, checker: str) -> None:
-        self.tokenizer, self.held_out, self.references = tokenizer, held_out, references
-        self.prompt_len, self.checker, self.seq_len = prompt_len, checker, held_out.shape[1]
-
-    def canvases(self, num: int, mask_id: int, generator: torch.Generator) -> Tensor:
-        rows = self.held_out[torch.arange(num) % len(self.held_out)].clone()
-        rows[:, self.prompt_len:] = mask_id
-        return rows
-
-    def true_samples(self, canvases: Tensor, generator: torch.Generator) -> Tensor:
-        lookup = {tuple(t[: self.prompt_len].tolist()): t for t in self.held_out}
-        return torch.stack([lookup[tuple(c[: self.prompt_len].tolist())] for c in canvases])
-
-    def decode(self, tokens: Tensor) -> list[str]:
-        return self.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
-
-    def metrics(self, **kwargs) -> dict[str, Metric]:
-        """Fresh metrics by name; `kwargs` are torchmetrics' settings (e.g. sync_on_compute)."""
-        return {"accuracy": AnswerAccuracyMetric(self.references, self.decode, self.prompt_len, self.checker, **kwargs),
-                "entropy": EntropyMetric(len(self.tokenizer), **kwargs)}
-
-    def summary(self) -> dict[str, float]:
-        return {}
-
-    def files(self) -> dict[str, dict[str, Tensor]]:
-        return {}
+        return PromptBenchmark(self.tokenizer, held_out, references, self.prompt_len, CHECKERS[self.checker])

@@ -32,9 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from distill.data.sources import PathsDataModule, _fixed_batches
 from distill.data.streams import sampled_batches, train_loader
+from teachers.files import atomic_directory
 from teachers.samplers.blockwise import BlockwiseSampler
 from teachers.sources.paths import PROMPT_LEN, PathsTask
 from teachers.saved import load_teacher
@@ -161,16 +159,9 @@ def load_or_generate(teacher: nn.Module, datamodule: PathsDataModule, sampler: B
     provenance.update(counts=counts, generation_s=round(time.perf_counter() - start, 3),
                       created=time.strftime("%Y-%m-%dT%H:%M:%S"),
                       note="test (held-out) pairs are never decoded; only answers task.check accepts are kept")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path, done_marker="provenance.json") as tmp:  # another writer may finish first
         data.save_to_disk(str(tmp))
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2))
-        os.rename(tmp, path)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (path / "provenance.json").is_file():  # not a concurrent writer that got there first
-            raise
     return load_from_disk(str(path)), provenance, path
 
 

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from torch.utils.data import DataLoader
 from distill.data.prompts import PromptsDataModule
 from distill.data.self_generated import report_kept
 from distill.data.streams import shuffled_batches, train_loader
+from teachers.files import atomic_directory
 from teachers.samplers.blockwise import BlockwiseSampler
 from teachers.saved import sha256_file
 
@@ -133,16 +131,9 @@ class SelfGeneratedPromptsDataModule(PromptsDataModule):
         provenance.update(counts=counts, generation_s=round(time.perf_counter() - start, 3),
                           created=time.strftime("%Y-%m-%dT%H:%M:%S"),
                           note="held-out rows are never decoded; only answers the checker accepts are kept")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_directory(path, done_marker="provenance.json") as tmp:  # another writer may finish first
             DatasetDict(data).save_to_disk(str(tmp))
             (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2))
-            os.rename(tmp, path)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not (path / "provenance.json").is_file():  # not a concurrent writer that got there first
-                raise
 
     def prepare_data(self) -> None:
         self.load()

@@ -14,9 +14,8 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from torchmetrics import Metric
 
-from distill.evaluation.metrics import EntropyMetric, GenPPLMetric
+from distill.evaluation.benchmarks import TextBenchmark
 from distill.data.sources import check_sizes
 from distill.data.streams import shuffled_batches, train_loader
 from teachers.hf import check_local_path
@@ -124,51 +123,5 @@ class TextDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(list(self.val), batch_size=self.batch_size, collate_fn=_collate)
 
-    def benchmark(self, judge_path: str | None = None, **_) -> "TextBenchmark":
+    def benchmark(self, judge_path: str | None = None, **_) -> TextBenchmark:
         return TextBenchmark(self.tokenizer, self.val, judge_path)
-
-
-class TextBenchmark:
-    """Unconditional blocks of text: entropy always, generative perplexity under a judge if given."""
-
-    def __init__(self, tokenizer, true_blocks: Tensor, judge_path: str | None) -> None:
-        self.tokenizer = tokenizer
-        self.true_blocks = true_blocks
-        self.seq_len = true_blocks.shape[1]
-        self.judge_path = judge_path
-        self._judge = None
-
-    def canvases(self, num: int, mask_id: int, generator: torch.Generator) -> Tensor:
-        return torch.full((num, self.seq_len), mask_id, dtype=torch.long)
-
-    def true_samples(self, canvases: Tensor, generator: torch.Generator) -> Tensor:
-        index = torch.randint(0, len(self.true_blocks), (canvases.shape[0],), generator=generator)
-        return self.true_blocks[index]
-
-    def decode(self, tokens: Tensor) -> list[str]:
-        return self.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
-
-    def judge(self):
-        if self._judge is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            if not os.path.exists(self.judge_path) and os.sep in self.judge_path:
-                raise FileNotFoundError(f"eval.judge_path {self.judge_path} does not exist; give a causal LM directory "
-                                        "(e.g. a save_pretrained GPT-2) or a hub id")
-            model = AutoModelForCausalLM.from_pretrained(self.judge_path).eval()
-            self._judge = (model, AutoTokenizer.from_pretrained(self.judge_path))
-        return self._judge
-
-    def metrics(self, **kwargs) -> dict[str, Metric]:
-        """Fresh metrics by name; `kwargs` are torchmetrics' settings (e.g. sync_on_compute)."""
-        metrics: dict[str, Metric] = {"entropy": EntropyMetric(len(self.tokenizer), **kwargs)}
-        if self.judge_path:
-            judge, judge_tokenizer = self.judge()
-            metrics["gen_ppl"] = GenPPLMetric(judge, judge_tokenizer, self.decode, **kwargs)
-        return metrics
-
-    def summary(self) -> dict[str, float]:
-        return {}
-
-    def files(self) -> dict[str, dict[str, Tensor]]:
-        return {}

@@ -3,12 +3,15 @@ for the reference row. One class per kind of task."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
 from distill.evaluation.metrics import (
-    AccuracyMetric, DistinctAnswersMetric, EntropyMetric, GenNLLMetric, LowProbRateMetric, PairKLMetric,
+    AccuracyMetric, AnswerAccuracyMetric, DistinctAnswersMetric, EntropyMetric, GenNLLMetric, GenPPLMetric,
+    LowProbRateMetric, PairKLMetric,
 )
 from teachers.sources.hmm import HiddenMarkovSource
 from teachers.sources.paths import PROMPT_LEN, PathsTask
@@ -81,3 +84,80 @@ class PathsBenchmark:
 
     def files(self) -> dict[str, dict[str, Tensor]]:
         return {"graph.safetensors": {"transition": self.task.transition}}
+
+
+class TextBenchmark:
+    """Unconditional blocks of text: entropy always, generative perplexity under a judge if given."""
+
+    def __init__(self, tokenizer, true_blocks: Tensor, judge_path: str | None) -> None:
+        self.tokenizer = tokenizer
+        self.true_blocks = true_blocks
+        self.seq_len = true_blocks.shape[1]
+        self.judge_path = judge_path
+        self._judge = None
+
+    def canvases(self, num: int, mask_id: int, generator: torch.Generator) -> Tensor:
+        return torch.full((num, self.seq_len), mask_id, dtype=torch.long)
+
+    def true_samples(self, canvases: Tensor, generator: torch.Generator) -> Tensor:
+        index = torch.randint(0, len(self.true_blocks), (canvases.shape[0],), generator=generator)
+        return self.true_blocks[index]
+
+    def decode(self, tokens: Tensor) -> list[str]:
+        return self.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
+
+    def judge(self):
+        if self._judge is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            if not os.path.exists(self.judge_path) and os.sep in self.judge_path:
+                raise FileNotFoundError(f"eval.judge_path {self.judge_path} does not exist; give a causal LM directory "
+                                        "(e.g. a save_pretrained GPT-2) or a hub id")
+            model = AutoModelForCausalLM.from_pretrained(self.judge_path).eval()
+            self._judge = (model, AutoTokenizer.from_pretrained(self.judge_path))
+        return self._judge
+
+    def metrics(self, **kwargs) -> dict[str, Metric]:
+        """Fresh metrics by name; `kwargs` are torchmetrics' settings (e.g. sync_on_compute)."""
+        metrics: dict[str, Metric] = {"entropy": EntropyMetric(len(self.tokenizer), **kwargs)}
+        if self.judge_path:
+            judge, judge_tokenizer = self.judge()
+            metrics["gen_ppl"] = GenPPLMetric(judge, judge_tokenizer, self.decode, **kwargs)
+        return metrics
+
+    def summary(self) -> dict[str, float]:
+        return {}
+
+    def files(self) -> dict[str, dict[str, Tensor]]:
+        return {}
+
+
+class PromptBenchmark:
+    """Held-out prompts, answers scored by the checker; entropy of the answers beside accuracy."""
+
+    def __init__(self, tokenizer, held_out: Tensor, references: dict, prompt_len: int, check) -> None:
+        self.tokenizer, self.held_out, self.references = tokenizer, held_out, references
+        self.prompt_len, self.check, self.seq_len = prompt_len, check, held_out.shape[1]
+
+    def canvases(self, num: int, mask_id: int, generator: torch.Generator) -> Tensor:
+        rows = self.held_out[torch.arange(num) % len(self.held_out)].clone()
+        rows[:, self.prompt_len:] = mask_id
+        return rows
+
+    def true_samples(self, canvases: Tensor, generator: torch.Generator) -> Tensor:
+        lookup = {tuple(t[: self.prompt_len].tolist()): t for t in self.held_out}
+        return torch.stack([lookup[tuple(c[: self.prompt_len].tolist())] for c in canvases])
+
+    def decode(self, tokens: Tensor) -> list[str]:
+        return self.tokenizer.batch_decode(tokens.tolist(), skip_special_tokens=True)
+
+    def metrics(self, **kwargs) -> dict[str, Metric]:
+        """Fresh metrics by name; `kwargs` are torchmetrics' settings (e.g. sync_on_compute)."""
+        return {"accuracy": AnswerAccuracyMetric(self.references, self.decode, self.prompt_len, self.check, **kwargs),
+                "entropy": EntropyMetric(len(self.tokenizer), **kwargs)}
+
+    def summary(self) -> dict[str, float]:
+        return {}
+
+    def files(self) -> dict[str, dict[str, Tensor]]:
+        return {}

@@ -5,6 +5,8 @@ own keyword settings (`sync_on_compute`, `process_group`, ...) in its constructo
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -221,3 +223,27 @@ class GenPPLMetric(Metric):
 
     def compute(self) -> Tensor:
         return (self.nll_sum / self.tokens.clamp_min(1)).exp()
+
+
+class AnswerAccuracyMetric(Metric):
+    """Fraction of generated answers whose checked value equals the reference's."""
+
+    full_state_update = False
+
+    def __init__(self, references: dict[tuple, str], decode, prompt_len: int, check: Callable[[str], str | None],
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.references, self.decode, self.prompt_len = references, decode, prompt_len
+        self.check = check
+        self.add_state("correct", _zero(), dist_reduce_fx="sum")
+        self.add_state("total", _zero(), dist_reduce_fx="sum")
+
+    def update(self, tokens: Tensor) -> None:
+        answers = self.decode(tokens[:, self.prompt_len:])
+        for prompt, answer in zip(tokens[:, : self.prompt_len].tolist(), answers):
+            expected = self.check(self.references[tuple(prompt)])
+            self.correct += float(expected is not None and self.check(answer) == expected)
+            self.total += 1
+
+    def compute(self) -> Tensor:
+        return self.correct / self.total

@@ -20,6 +20,11 @@ from distill.objectives.schedule import optimizer_config
 from distill.seeding import step_generator
 
 
+def start_canvas(batch: dict[str, Tensor], mask_id: int) -> Tensor:
+    """(B, L) the batch's sequences with every generated position masked: where a student starts."""
+    return torch.where(batch["answer_mask"], mask_id, batch["tokens"])
+
+
 class StudentObjective(L.LightningModule):
     """Args:
         student: the student module, or its config ({"_target_": "students.<Class>", ...}); the

@@ -14,26 +14,24 @@ After training the decoding threshold is chosen on the validation pairs (never t
 largest candidate such that it and every smaller candidate stay within `tolerance` of the teacher's
 one-token-per-step argmax decoding on the same prompts, and, where the data module provides
 mid-answer states of the validation pairs (`selection_states`), within `tolerance` of the student's
-own accuracy on those states at its smallest threshold (`choose_threshold`). With
+own accuracy on those states at its smallest threshold (distill/evaluation/threshold_choice.py). With
 `select_checkpoint`, every validation also runs that choice and the student keeps the weights of the
 validation whose chosen threshold needs the fewest forward passes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 import students
-from distill.objectives.masked_diffusion import masked_ce
-from distill.evaluation.report import markdown_table
+from distill.evaluation.threshold_choice import (choose_threshold, print_choice, reference_decoder, score_canvases,
+                                                 state_reference, sweep_thresholds)
 from distill.objectives.base import StudentObjective
-from students.entropy_threshold import block_index, tempered_entropy
+from distill.objectives.losses import certainty_loss
+from students.entropy_threshold import block_index
 from students.lora import count_trainable
-from teachers.samplers.blockwise import BlockwiseSampler
 
 
 def complementary_masks(answer_mask: Tensor, block_size: int, ratio_range: tuple[float, float],
@@ -54,93 +52,6 @@ def complementary_masks(answer_mask: Tensor, block_size: int, ratio_range: tuple
     ratio = lo + (hi - lo) * torch.rand(B, 1, generator=generator, device=device)
     first = in_block & (torch.rand(B, L, generator=generator, device=device) < ratio)
     return first, in_block & ~first, block > active[:, None]
-
-
-def already_correct(logits: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """(B, L) bool: masked positions whose argmax prediction already equals the target."""
-    return mask & (logits.argmax(-1) == target)
-
-
-@dataclass
-class CertaintyLoss:
-    """loss = ce + beta * entropy; ce: mean cross-entropy over masked tokens; entropy: mean entropy of
-    softmax(logits / tau) over the masked tokens already predicted correctly (0 if none);
-    correct: fraction of masked tokens already predicted correctly."""
-
-    loss: Tensor
-    ce: Tensor
-    entropy: Tensor
-    correct: Tensor
-
-
-def certainty_loss(logits: Tensor, target: Tensor, mask: Tensor, beta: float, tau: float) -> CertaintyLoss:
-    ce = masked_ce(logits, target, mask)
-    correct = already_correct(logits, target, mask)
-    entropy = (tempered_entropy(logits, tau) * correct).sum() / correct.sum().clamp_min(1)
-    frac = correct.sum() / mask.sum().clamp_min(1)
-    return CertaintyLoss(loss=ce + beta * entropy, ce=ce, entropy=entropy, correct=frac)
-
-
-@torch.no_grad()
-def score_canvases(sampler, denoiser: nn.Module, canvases: Tensor, weights: Tensor, check, steps: int | None = None,
-                   generator: torch.Generator | None = None, batch_size: int = 512) -> tuple[float, float]:
-    """Weighted accuracy (by `check`) and mean NFE of `sampler` completing every canvas once (`steps`
-    defaults to one per masked position, the bound of the threshold decoder)."""
-    device = next(denoiser.parameters()).device
-    steps = steps or int((canvases == denoiser.mask_id).sum(-1).max())
-    tokens, nfe = [], []
-    for chunk in canvases.split(batch_size):
-        out = sampler.sample(denoiser, steps, prompt=chunk.to(device), generator=generator)
-        tokens.append(out.tokens.cpu())
-        per_row = out.nfe_per_row.cpu().double() if out.nfe_per_row is not None else torch.full((len(chunk),), float(out.nfe))
-        nfe.append(per_row.double())
-    weights = weights.double() / weights.double().sum()
-    ok = check(torch.cat(tokens)).double()
-    return float((weights * ok).sum()), float((weights * torch.cat(nfe)).sum())
-
-
-def score_pairs(sampler, denoiser: nn.Module, task, pairs: Tensor, steps: int | None = None,
-                generator: torch.Generator | None = None) -> tuple[float, float]:
-    """Exact prompt-weighted accuracy and mean NFE of `sampler` over every `paths` pair (each decoded once)."""
-    canvas = torch.cat([pairs, torch.full((len(pairs), task.config.answer_len), denoiser.mask_id)], dim=1)
-    return score_canvases(sampler, denoiser, canvas, task.prompt_weights(pairs), task.check, steps, generator,
-                          batch_size=max(len(pairs), 1))
-
-
-def choose_threshold(rows: list[dict], reference: float, tolerance: float,
-                     state_reference: float | None = None) -> tuple[dict, bool]:
-    """The row to decode with, from rows {threshold, accuracy, nfe[, state_accuracy]} of one sweep, and
-    whether it is within `tolerance` of the `reference` accuracy.
-
-    Walks the thresholds upward and stops at the first one that falls out of tolerance: the chosen row
-    is the last one before it. A failure at a small threshold is read as a warning for the larger
-    ones, not as noise to skip past. With `state_reference` (the student's accuracy on the
-    mid-answer validation states at its smallest threshold), a row is also out when its
-    `state_accuracy` falls more than `tolerance` below that: the cost of parallel commits, measured
-    where there are enough decisions to see it. If even the smallest threshold is out of tolerance of
-    the teacher, the same walk is made against the student's own accuracy at its smallest threshold
-    (the cost of parallel commits alone), and the row is returned with False.
-    """
-    def within(row: dict) -> bool:
-        if row["accuracy"] < reference - tolerance - 1e-12:
-            return False
-        return state_reference is None or row["state_accuracy"] >= state_reference - tolerance - 1e-12
-
-    rows = sorted(rows, key=lambda r: r["threshold"])
-    chosen = None
-    for row in rows:
-        if not within(row):
-            break
-        chosen = row
-    if chosen is not None:
-        return chosen, True
-    return choose_threshold(rows, rows[0]["accuracy"], tolerance, state_reference)[0], False
-
-
-def state_reference(rows: list[dict]) -> float | None:
-    """The student's accuracy on the validation states at its smallest threshold (None without states)."""
-    smallest = min(rows, key=lambda r: r["threshold"])
-    return smallest.get("state_accuracy")
 
 
 class CertaintyObjective(StudentObjective):
@@ -224,10 +135,8 @@ class CertaintyObjective(StudentObjective):
         self.log("val/nfe", nfe, prog_bar=True, sync_dist=True)
         if not self.select_checkpoint:
             return
-        threshold = self.student.threshold
         teacher_accuracy, rows = self.validation_sweep()
         best, within = choose_threshold(rows[1:], teacher_accuracy, self.tolerance, state_reference(rows[1:]))
-        self.student.threshold = threshold
         self.log("val/chosen_threshold", best["threshold"], sync_dist=True)
         self.log("val/chosen_nfe", best["nfe"], sync_dist=True)
         self.keep_if_cheapest({"step": int(self.global_step), "threshold": best["threshold"],
@@ -271,12 +180,8 @@ class CertaintyObjective(StudentObjective):
         canvases, weights = datamodule.selection_canvases(self.teacher.mask_id)
         states = self.selection_states()
         n = int((canvases == self.teacher.mask_id).sum(-1).max())
-        was_training = self.student.training
-        self.student.eval()
         if self.teacher_val_accuracy is None:
-            data_sampler = getattr(datamodule, "sampler", None)  # how the data were decoded, but always argmax here
-            reference = BlockwiseSampler(temperature=0.0, block_size=getattr(data_sampler, "block_size", 32),
-                                         order=getattr(data_sampler, "order", "left_to_right"))
+            reference = reference_decoder(getattr(datamodule, "sampler", None))
             self.teacher_val_accuracy, _ = score_canvases(reference, self.teacher, canvases, weights, datamodule.check,
                                                           n, batch_size=self.decode_batch_size)
             if states is not None:
@@ -286,16 +191,8 @@ class CertaintyObjective(StudentObjective):
                  "nfe": n}]
         if states is not None:
             rows[0]["state_accuracy"], rows[0]["state_nfe"] = self.teacher_state_scores
-        for threshold in self.thresholds:
-            self.student.threshold = threshold
-            accuracy, nfe = score_canvases(self.student, self.teacher, canvases, weights, datamodule.check,
-                                           batch_size=self.decode_batch_size)
-            row = {"sampler": "student", "threshold": threshold, "accuracy": accuracy, "nfe": nfe}
-            if states is not None:
-                row["state_accuracy"], row["state_nfe"] = score_canvases(
-                    self.student, self.teacher, *states, datamodule.check, batch_size=self.decode_batch_size)
-            rows.append(row)
-        self.student.train(was_training)
+        rows += sweep_thresholds(self.student, self.teacher, self.thresholds, canvases, weights, datamodule.check,
+                                 states, batch_size=self.decode_batch_size)
         return self.teacher_val_accuracy, rows
 
     def select_threshold(self) -> dict:
@@ -312,13 +209,7 @@ class CertaintyObjective(StudentObjective):
                           "chosen": best["threshold"], "within_tolerance": within,
                           "checkpoints": self.checkpoints or None,
                           "kept_step": self.best_state[1]["step"] if self.best_state is not None else None}
-        on = f"{prompts} validation prompts" + (f" and {len(states[0])} mid-answer states" if states else "")
-        print(f"threshold chosen on {on}: {best['threshold']:g} "
-              f"({'within' if within else 'NOT within'} {self.tolerance:g} of the teacher's accuracy"
-              + (f" and of the student's state accuracy at its smallest threshold, {reference:.4f}" if states else "")
-              + ")")
-        print(markdown_table(rows, ["sampler", "threshold", "accuracy", "nfe"]
-                             + (["state_accuracy", "state_nfe"] if states else [])))
+        print_choice(self.selection)
         return self.selection
 
     def exported_student(self) -> nn.Module:

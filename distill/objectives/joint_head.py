@@ -8,27 +8,19 @@ as it is when sampling: pass 1 starts from the teacher's hidden state on the chu
 each later pass from the head's own previous output, and pass k + 1 sees the state with the
 chunk's first k tokens revealed (the tokens the exact sampler drew). Target of every pass: the frozen teacher on that same state, i.e. the exact sampler's next
 distribution. Loss: forward KL(target || head), per still-masked position, averaged over positions
-and passes. The teacher's targets and hidden states carry no gradient; only the head trains.
+and passes (losses.multi_pass_forward_kl). The teacher's targets and hidden states carry no gradient; only the head trains.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 import students
-from distill.objectives.lsd import start_canvas
-from distill.objectives.base import StudentObjective
+from distill.objectives.base import StudentObjective, start_canvas
+from distill.objectives.losses import multi_pass_forward_kl
 from students.joint_head import reveal_one
-
-
-def forward_kl(target_logits: Tensor, logits: Tensor) -> Tensor:
-    """KL(softmax(target) || softmax(logits)) per position (B, L), in float32."""
-    log_p = F.log_softmax(target_logits.float(), dim=-1)
-    log_q = F.log_softmax(logits.float(), dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 @torch.no_grad()
@@ -71,17 +63,16 @@ class JointHeadObjective(StudentObjective):
         starts = range(0, T, K)  # full forwards where the sampler makes them; chunks stacked along the batch
         hidden = torch.cat([path["hidden"][s] for s in starts])  # (chunks * B, L, H)
         # 2. pass m of every chunk at once; only the last chunk can be shorter than K
-        kl_sum, count = [], []
+        targets, predictions, masks = [], [], []
         for m in range(min(K, T)):
             at = [s + m for s in starts if s + m < T]
             state = torch.cat([path["states"][s] for s in at])
-            target = torch.cat([path["logits"][s] for s in at])
+            targets.append(torch.cat([path["logits"][s] for s in at]))
             hidden, logits = self.student.head_pass(self.teacher, state, hidden[: state.shape[0]])
-            masked = state == mask_id
-            kl_sum.append((forward_kl(target, logits) * masked).sum())
-            count.append(int(masked.sum()))
+            predictions.append(logits)
+            masks.append(state == mask_id)
         # 3. forward KL per still-masked position, over every pass
-        loss = torch.stack(kl_sum).sum() / max(sum(count), 1)
+        loss, per_pass = multi_pass_forward_kl(targets, predictions, masks)
         values = {"objective": loss.detach()}
-        values.update({f"kl_pass{m + 1}": (kl / max(n, 1)).detach() for m, (kl, n) in enumerate(zip(kl_sum, count)) if n})
+        values.update({f"kl_pass{m + 1}": kl.detach() for m, kl in enumerate(per_pass) if kl is not None})
         return loss, values

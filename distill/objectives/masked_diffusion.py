@@ -13,10 +13,10 @@ from typing import Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.evaluation.evaluate import evaluate_sampler
+from distill.objectives.losses import masked_ce
 from distill.objectives.schedule import optimizer_config
 from distill.seeding import step_generator
 from teachers.saved import save_teacher
@@ -33,11 +33,6 @@ def mask_tokens(tokens: Tensor, answer_mask: Tensor, mask_id: int, generator: to
     return torch.where(noise_mask, mask_id, tokens), noise_mask, t
 
 
-def masked_ce(logits: Tensor, tokens: Tensor, noise_mask: Tensor, weight: Tensor | None = None) -> Tensor:
-    """Cross-entropy at masked positions, averaged over them (float32); 0 when nothing is masked."""
-    ce = F.cross_entropy(logits.float().transpose(1, 2), tokens, reduction="none")  # (B, L)
-    w = noise_mask.float() if weight is None else noise_mask.float() * weight
-    return (ce * w).sum() / noise_mask.sum().clamp_min(1)
 
 
 class MaskedDiffusionObjective(L.LightningModule):

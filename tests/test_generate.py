@@ -75,6 +75,17 @@ def test_one_line_per_prompt_in_order(model, tmp_path):
         assert {k: line["settings"].get(k) for k in expected} == expected
 
 
+def test_chats_go_through_the_chat_template(model):
+    tokenizer = HFDiffusionLM(str(model), dtype="float32", mask_id=4, trust_remote_code=True).tokenizer
+    with pytest.raises(ValueError, match="has no chat template"):
+        app.prompt_ids(tokenizer, {"messages": [{"role": "user", "content": "the cat"}]}, False, False)
+    tokenizer.chat_template = "[CLS] {% for m in messages %}{{ m['content'] }} [SEP] {% endfor %}"
+    chat = [{"role": "user", "content": "the cat"}]
+    assert app.prompt_ids(tokenizer, {"messages": chat}, False, False) == [2, 5, 7, 3]  # [CLS] the cat [SEP]
+    assert app.prompt_ids(tokenizer, {"prompt": "the cat"}, True, False) == [2, 5, 7, 3]  # chat_template=true
+    assert app.prompt_ids(tokenizer, {"prompt": "the cat"}, False, False) == [5, 7]
+
+
 def save_adapter_student(model: Path, path: Path) -> Path:
     """A LoRA adapter-only certainty student (adapters randomised, so it differs from the teacher)."""
     teacher = HFDiffusionLM(str(model), dtype="float32", mask_id=4, trust_remote_code=True)
@@ -194,3 +205,9 @@ def test_lm_eval_loglikelihood_is_refused_with_the_reason(model):
         lm.loglikelihood_rolling([])
     with pytest.raises(ValueError, match="do not fit conf/generate.yaml"):
         FewstepLM(teacher="llada", teacher_path=str(model), sampler="blockwise", sampler_nope=1)
+
+
+def test_completion_stops_at_the_first_end_token(model):
+    tokenizer = HFDiffusionLM(str(model), dtype="float32", mask_id=4, trust_remote_code=True).tokenizer
+    assert app.decode(tokenizer, [5, 7, 3, 6, 3], end_id=3) == "the cat"  # [SEP] ends BERT-style text
+    assert app.decode(tokenizer, [5, 7, 3, 6], end_id=None) == "the cat a"  # no end id: specials dropped only

@@ -102,8 +102,11 @@ class Generation:
 
     @property
     def end_id(self) -> int | None:
-        end = getattr(self.denoiser, "eos_id", None)
-        return end if end is not None else getattr(self.tokenizer, "eos_token_id", None)
+        """The end-of-text id: the denoiser's, else the tokenizer's eos, else its sep (BERT ends text with [SEP])."""
+        for end in (getattr(self.denoiser, "eos_id", None), self.tokenizer.eos_token_id, self.tokenizer.sep_token_id):
+            if end is not None:
+                return end
+        return None
 
 
 def build(cfg: DictConfig) -> Generation:
@@ -141,7 +144,9 @@ def prompt_ids(tokenizer, row: dict, chat_template: bool, add_special_tokens: bo
         raise ValueError("the teacher's tokenizer has no chat template, needed for \"messages\" rows and "
                          "chat_template=true; give plain {\"prompt\": ...} rows with chat_template=false")
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]  # the template writes its own special tokens
+    # the template writes its own special tokens; add_special_tokens=true adds the tokenizer's BOS on top,
+    # as LLaDA's generate.py does (tokenizer(text))
+    return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
 
 
 def decode(tokenizer, tokens: list[int], end_id: int | None) -> str:

@@ -36,13 +36,15 @@ def saved_teacher(path: str, datamodule) -> nn.Module:
 
 
 def _check_text_teacher(teacher: nn.Module, datamodule) -> nn.Module:
+    if datamodule is None:  # fewstep-generate: prompts come as text, tokenized with the teacher's own tokenizer
+        return teacher
     if teacher.vocab_size < datamodule.vocab_size:
         raise ValueError(f"the teacher's vocabulary ({teacher.vocab_size}) is smaller than its tokenizer's "
                          f"({datamodule.vocab_size}); data.tokenizer must be the teacher's own tokenizer")
     return teacher
 
 
-def hf_masked_lm(path: str, datamodule, dtype: str = "float32", mask_id: int | None = None,
+def hf_masked_lm(path: str, datamodule=None, dtype: str = "float32", mask_id: int | None = None,
                  suppress_special: bool = True, trust_remote_code: bool = False) -> nn.Module:
     """A transformers AutoModelForMaskedLM (BERT, RoBERTa, ModernBERT, ...), frozen."""
     if path is None or path == "???":
@@ -50,7 +52,7 @@ def hf_masked_lm(path: str, datamodule, dtype: str = "float32", mask_id: int | N
     return _check_text_teacher(HFMaskedLM(path, dtype, mask_id, suppress_special, trust_remote_code), datamodule)
 
 
-def hf_diffusion_lm(path: str, datamodule, dtype: str = "bfloat16", mask_id: int | None = None,
+def hf_diffusion_lm(path: str, datamodule=None, dtype: str = "bfloat16", mask_id: int | None = None,
                     suppress_special: bool = True, trust_remote_code: bool = False, shift_logits: bool = False) -> nn.Module:
     """A LLaDA/Dream-style diffusion LM (AutoModel), frozen."""
     if path is None or path == "???":

@@ -38,7 +38,9 @@ def block_index(start_mask: Tensor, block_size: int) -> Tensor:
 
 class EntropyThresholdSampler(Sampler, nn.Module):
     """Args:
-        threshold: entropy (nats) below which a masked position of the current block is committed.
+        threshold: entropy (nats) below which a masked position of the current block is committed
+            (rule "entropy"), or the largest class probability at or above which it is (rule
+            "confidence", Fast-dLLM's rule).
         block_size: positions per semi-autoregressive block.
         temperature: 0 commits the argmax token; > 0 draws from softmax(logits / temperature)
             (the entropy that decides *where* to commit is always that of softmax(logits)).
@@ -64,6 +66,7 @@ class EntropyThresholdSampler(Sampler, nn.Module):
         denoiser: dict | None = None,
         lora: dict | None = None,
         adapter_only: bool = False,
+        rule: str = "entropy",
     ) -> None:
         super().__init__()
         if threshold < 0:
@@ -72,6 +75,8 @@ class EntropyThresholdSampler(Sampler, nn.Module):
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = argmax), got {temperature}")
+        if rule not in ("entropy", "confidence"):
+            raise ValueError(f"rule must be one of ('entropy', 'confidence'), got {rule!r}")
         if adapter_only and (lora is None or denoiser is None):
             raise ValueError("adapter_only needs both the denoiser architecture and the lora settings")
         self.threshold = float(threshold)
@@ -81,6 +86,7 @@ class EntropyThresholdSampler(Sampler, nn.Module):
         self.denoiser_config = dict(denoiser) if denoiser is not None else None
         self.lora = check_lora(dict(lora)) if lora is not None else None
         self.adapter_only = bool(adapter_only)
+        self.rule = rule
         self.adapter_tensors: dict[str, Tensor] | None = None  # adapter_only, until bound to a teacher
         self.denoiser: nn.Module | None = None
         if denoiser is not None and not adapter_only and not is_hf_spec(self.denoiser_config):
@@ -91,7 +97,7 @@ class EntropyThresholdSampler(Sampler, nn.Module):
     def config(self) -> dict:
         return {"threshold": self.threshold, "block_size": self.block_size, "temperature": self.temperature,
                 "eos_id": self.eos_id, "denoiser": self.denoiser_config, "lora": self.lora,
-                "adapter_only": self.adapter_only}
+                "adapter_only": self.adapter_only, "rule": self.rule}
 
     # --- the student's own denoiser ------------------------------------------------------------
     def init_denoiser(self, teacher: nn.Module) -> None:
@@ -125,7 +131,7 @@ class EntropyThresholdSampler(Sampler, nn.Module):
         if self.denoiser is None:
             raise ValueError("nothing to merge: this sampler has no denoiser of its own (bind it with sample() first)")
         out = EntropyThresholdSampler(self.threshold, self.block_size, self.temperature, self.eos_id,
-                                      denoiser=self.denoiser_config)
+                                      denoiser=self.denoiser_config, rule=self.rule)
         plain = merged_denoiser(self.denoiser) if self.lora else self.denoiser
         if is_hf_spec(self.denoiser_config):
             out.denoiser = plain
@@ -138,7 +144,8 @@ class EntropyThresholdSampler(Sampler, nn.Module):
         if self.lora is None or self.denoiser is None:
             raise ValueError("adapter-only export needs a LoRA student (student.lora set) that has a denoiser")
         out = EntropyThresholdSampler(self.threshold, self.block_size, self.temperature, self.eos_id,
-                                      denoiser=self.denoiser_config, lora=self.lora, adapter_only=True)
+                                      denoiser=self.denoiser_config, lora=self.lora, adapter_only=True,
+                                      rule=self.rule)
         state = adapter_state(lora_network(self.denoiser))
         out.adapter_tensors = {k: v.detach().cpu().clone() for k, v in state.items()}
         return out
@@ -194,11 +201,16 @@ class EntropyThresholdSampler(Sampler, nn.Module):
              generator: torch.Generator | None) -> Tensor:
         """One decoding step on rows that still have masked positions: (B, L) tokens after it."""
         block = block_index(start_mask, self.block_size)
-        entropy = tempered_entropy(logits)  # (B, L)
+        if self.rule == "entropy":
+            doubt = tempered_entropy(logits)  # (B, L)
+            passes = doubt < self.threshold
+        else:  # Fast-dLLM: the largest probability at or above the threshold
+            doubt = -torch.softmax(logits.float(), dim=-1).amax(-1)  # (B, L)
+            passes = -doubt >= self.threshold
         current = block.masked_fill(~masked, block.shape[1]).amin(-1, keepdim=True)  # each row's active block
         in_block = masked & (block == current)
-        commit = in_block & (entropy < self.threshold)
-        most_certain = entropy.masked_fill(~in_block, float("inf")).argmin(-1)  # (B,)
+        commit = in_block & passes
+        most_certain = doubt.masked_fill(~in_block, float("inf")).argmin(-1)  # (B,)
         commit[torch.arange(len(commit), device=commit.device), most_certain] = True  # progress
         draws = draw_tokens(logits, self.temperature, generator)
         return torch.where(commit, draws, tokens)
@@ -209,7 +221,7 @@ class EntropyThresholdSampler(Sampler, nn.Module):
             + (", adapter only (base = the teacher)" if self.adapter_only else ""))
         return "\n".join([
             "| setting | value |", "|---|---|",
-            f"| entropy threshold | {self.threshold:g} nats |",
+            f"| {self.rule} threshold | {self.threshold:g}{' nats' if self.rule == 'entropy' else ''} |",
             f"| block size | {self.block_size} |",
             f"| temperature | {self.temperature:g} |",
             f"| own denoiser | {own} |",

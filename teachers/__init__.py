@@ -4,6 +4,8 @@ from teachers.samplers.ancestral import AncestralSampler
 from teachers.samplers.blockwise import BlockwiseSampler
 from teachers.samplers.confidence import ConfidenceSampler
 from teachers.samplers.dilated import DilatedSampler
+from teachers.samplers.eb import EBSampler
+from teachers.samplers.threshold import ThresholdSampler
 from teachers.sources.hmm import HiddenMarkovSource, SourceConfig
 from teachers.oracle import OracleDenoiser
 from teachers.sources.paths import PathsConfig, PathsTask
@@ -14,7 +16,7 @@ from teachers.transformer import TransformerDenoiser
 load = load_teacher
 
 __all__ = [
-    "AncestralSampler", "BlockwiseSampler", "ConfidenceSampler", "DilatedSampler", "HiddenMarkovSource",
+    "AncestralSampler", "BlockwiseSampler", "ConfidenceSampler", "DilatedSampler", "EBSampler", "HiddenMarkovSource",
     "MaskedSampler", "OracleDenoiser", "PathsConfig", "PathsTask", "SampleOutput", "Sampler", "SourceConfig",
-    "TransformerDenoiser", "load", "load_teacher", "save_teacher",
+    "ThresholdSampler", "TransformerDenoiser", "load", "load_teacher", "save_teacher",
 ]

@@ -75,13 +75,17 @@ def test_training_states_are_real_prefixes_of_the_trajectory_and_targets_the_nex
     assert seen == {(t, k) for t in range(4) for k in range(1, 4)}  # every state and jump is drawn
 
 
-def test_data_module_batches_carry_the_trajectory_and_prefixes_are_never_targets(tiny_teacher):
+def test_data_module_batches_carry_the_trajectory_and_prefixes_are_never_targets():
+    from tests.test_certainty import WalkTeacher  # completes any prefix with a valid walk
+
     dm = SelfGeneratedDataModule(teacher_path="unused", batch_size=40, prefix_draws=3, prefix_fraction=0.25,
                                  trajectory=True, **PATHS)
-    dm.data, counts = generate(tiny_teacher, dm.task, dm.pairs, BlockwiseSampler(temperature=0.0, order="confidence"),
+    dm.data, counts = generate(WalkTeacher(dm), dm.task, dm.pairs, BlockwiseSampler(temperature=0.0, order="confidence"),
                                prefix_draws=3, trajectory=True)
-    if counts["train"]["kept"] == 0 or counts["train_prefixed"]["kept"] == 0:
-        pytest.skip("the random tiny teacher answered nothing correctly")
+    assert counts["train"]["kept"] > 0 and counts["train_prefixed"]["kept"] > 0
+    prefix_len = torch.tensor(dm.data["train_prefixed"]["prefix_len"])
+    shown = (to_reveal_steps(dm.data["train_prefixed"])[:, PROMPT_LEN:] == -1).sum(-1)
+    assert torch.equal(shown, prefix_len)  # the prefix is given, the rest is the teacher's trajectory
     whole = {tuple(r) + tuple(s) for r, s in zip(to_tokens(dm.data["train"]).tolist(),
                                                   to_reveal_steps(dm.data["train"]).tolist())}
     prefixed = {tuple(r) + tuple(s) for r, s in zip(to_tokens(dm.data["train_prefixed"]).tolist(),

@@ -257,7 +257,7 @@ def to_reveal_steps(split: Dataset) -> Tensor:
         raise ValueError("these self-generated data hold no trajectories; set data.trajectory=true")
     if len(split) == 0:
         return torch.empty(0, PROMPT_LEN, dtype=torch.long)
-    reveal = split.with_format("torch")["reveal_step"].long()
+    reveal = split.with_format("torch")[:]["reveal_step"].long()
     return torch.cat([torch.full((len(split), PROMPT_LEN), -1, dtype=torch.long), reveal], dim=1)
 
 

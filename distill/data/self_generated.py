@@ -126,8 +126,8 @@ def complete_prefixes(teacher: nn.Module, task: PathsTask, pairs: Tensor, draws:
 def complete_prefix_trajectories(teacher: nn.Module, task: PathsTask, pairs: Tensor, draws: int,
                                  sampler: BlockwiseSampler, generator: torch.Generator,
                                  trajectory: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """`complete_prefixes`, plus the completions' reveal steps with `trajectory`. Prefix prompts for `pairs` (K, 2): `draws` walks per pair from the task, each cut after
-    k ~ U{1..n-1} tokens and completed by the teacher one token per step.
+    """Prefix prompts for `pairs` (K, 2) as in `complete_prefixes`, and with `trajectory` the reveal order
+    of each completion.
     Returns tokens (K * draws, 2 + n), prefix lengths k (K * draws,), which answers check (K * draws,)
     and (trajectory=True) the completion's reveal steps (K * draws, 2 + n; -1 on prompt and prefix), else None."""
     n = task.config.answer_len

@@ -20,10 +20,17 @@ Validation states (`val_prefix_draws` > 0): the val pairs with the first k token
 shown and the rest masked. They are not decoded by the teacher or stored; the certainty objective
 completes them with the student when it chooses the decoding threshold (`selection_states`).
 
+Trajectories (`trajectory=True`, for distill.objectives.trajectory): every decoded answer also
+keeps its reveal order, `reveal_step` per answer position: the teacher's step (0-based, one token per
+step) at which it committed that token; -1 where it was given (a prefix prompt's prefix). The state
+after t steps of the teacher's trajectory is then the answer with every position of reveal_step >= t
+masked, so states are read back exactly, never re-decoded.
+
 On disk (built once under a temporary name, then renamed; reused while the key matches):
 
     cache_dir/<key>/train/, validation/   datasets.Dataset: start, goal, answer, prompt_weight
     cache_dir/<key>/train_prefixed/       the same with prefix_len (only when prefix_draws > 0)
+                                          (trajectory=True: every split also has reveal_step)
     cache_dir/<key>/provenance.json       teacher path and SHA-256, sampler config, prompt split,
                                           prompts decoded and answers kept / rejected per split
 """
@@ -61,13 +68,48 @@ def decode_canvases(teacher: nn.Module, canvases: Tensor, steps: int, sampler: B
     return torch.cat(outputs) if outputs else canvases.clone()
 
 
+def reveal_steps(trace: list[Tensor], start: Tensor, mask_id: int) -> Tensor:
+    """(K, L) step (0-based) at which each position of `start` (K, L) was revealed along `trace` (the
+    states after each step); -1 where `start` already held a token."""
+    if not trace:
+        return torch.full(start.shape, -1, dtype=torch.long)
+    still_masked = (torch.stack(trace) == mask_id).long().sum(0)  # (K, L): steps after which it was still masked
+    return torch.where(start == mask_id, still_masked, -1)
+
+
+@torch.no_grad()
+def decode_trajectories(teacher: nn.Module, canvases: Tensor, steps: int, sampler: BlockwiseSampler,
+                        batch_size: int = 512, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """`decode_canvases` that also records the teacher's reveal order: tokens (K, L), reveal_step (K, L)."""
+    if len(canvases) == 0:
+        return canvases.clone(), torch.full(canvases.shape, -1, dtype=torch.long)
+    device = next(teacher.parameters()).device
+    tokens, reveal = [], []
+    for chunk in canvases.split(batch_size):
+        out = sampler.sample(teacher, steps, prompt=chunk.to(device), generator=generator, return_trace=True)
+        tokens.append(out.tokens.cpu())
+        reveal.append(reveal_steps([state.cpu() for state in out.trace], chunk, teacher.mask_id))
+    return torch.cat(tokens), torch.cat(reveal)
+
+
 def decode_prompts(teacher: nn.Module, task: PathsTask, prompts: Tensor, sampler: BlockwiseSampler,
                    batch_size: int = 512, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """The teacher's answers (K, 2 + n) to `prompts` (K, 2), one token per step, and which are correct (K,)."""
+    tokens, ok, _ = decode_prompt_trajectories(teacher, task, prompts, sampler, batch_size, generator, trajectory=False)
+    return tokens, ok
+
+
+def decode_prompt_trajectories(teacher: nn.Module, task: PathsTask, prompts: Tensor, sampler: BlockwiseSampler,
+                               batch_size: int = 512, generator: torch.Generator | None = None,
+                               trajectory: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`decode_prompts` plus (trajectory=True) the step each position was revealed at (K, 2 + n), else None."""
     n = task.config.answer_len
     canvases = torch.cat([prompts, torch.full((len(prompts), n), teacher.mask_id, dtype=prompts.dtype)], dim=1)
-    tokens = decode_canvases(teacher, canvases, n, sampler, batch_size, generator)
-    return tokens, task.check(tokens)
+    if not trajectory:
+        tokens = decode_canvases(teacher, canvases, n, sampler, batch_size, generator)
+        return tokens, task.check(tokens), None
+    tokens, reveal = decode_trajectories(teacher, canvases, n, sampler, batch_size, generator)
+    return tokens, task.check(tokens), reveal
 
 
 def complete_prefixes(teacher: nn.Module, task: PathsTask, pairs: Tensor, draws: int, sampler: BlockwiseSampler,
@@ -75,12 +117,27 @@ def complete_prefixes(teacher: nn.Module, task: PathsTask, pairs: Tensor, draws:
     """Prefix prompts for `pairs` (K, 2): `draws` walks per pair from the task, each cut after
     k ~ U{1..n-1} tokens and completed by the teacher one token per step.
     Returns tokens (K * draws, 2 + n), prefix lengths k (K * draws,) and which answers check (K * draws,)."""
+    tokens, prefix_len, ok, _ = complete_prefix_trajectories(teacher, task, pairs, draws, sampler, generator, False)
+    return tokens, prefix_len, ok
+
+
+def complete_prefix_trajectories(teacher: nn.Module, task: PathsTask, pairs: Tensor, draws: int,
+                                 sampler: BlockwiseSampler, generator: torch.Generator,
+                                 trajectory: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Prefix prompts for `pairs` (K, 2) as in `complete_prefixes`, and with `trajectory` the reveal order
+    of each completion.
+    Returns tokens (K * draws, 2 + n), prefix lengths k (K * draws,), which answers check (K * draws,)
+    and (trajectory=True) the completion's reveal steps (K * draws, 2 + n; -1 on prompt and prefix), else None."""
     n = task.config.answer_len
     tokens, prefix_len = prefix_canvases(task, pairs, draws, teacher.mask_id, generator)
+    reveal = torch.full(tokens.shape, -1, dtype=torch.long) if trajectory else None
     for k in prefix_len.unique().tolist():  # one step count per prefix length: one token per step
         rows = (prefix_len == k).nonzero().squeeze(1)
-        tokens[rows] = decode_canvases(teacher, tokens[rows], n - k, sampler, generator=generator)
-    return tokens, prefix_len, task.check(tokens)
+        if trajectory:
+            tokens[rows], reveal[rows] = decode_trajectories(teacher, tokens[rows], n - k, sampler, generator=generator)
+        else:
+            tokens[rows] = decode_canvases(teacher, tokens[rows], n - k, sampler, generator=generator)
+    return tokens, prefix_len, task.check(tokens), reveal
 
 
 def prefix_canvases(task: PathsTask, pairs: Tensor, draws: int, mask_id: int,
@@ -95,32 +152,40 @@ def prefix_canvases(task: PathsTask, pairs: Tensor, draws: int, mask_id: int,
     return tokens, prefix_len
 
 
-def answers_dataset(tokens: Tensor, weights: Tensor, prefix_len: Tensor | None = None) -> Dataset:
+def answers_dataset(tokens: Tensor, weights: Tensor, prefix_len: Tensor | None = None,
+                    reveal: Tensor | None = None) -> Dataset:
     columns = {
         "start": tokens[:, 0].tolist(), "goal": tokens[:, 1].tolist(), "answer": tokens[:, PROMPT_LEN:].tolist(),
         "prompt_weight": weights.tolist(),
     }
     if prefix_len is not None:
         columns["prefix_len"] = prefix_len.tolist()
+    if reveal is not None:
+        columns["reveal_step"] = reveal[:, PROMPT_LEN:].tolist()
     return Dataset.from_dict(columns)
 
 
 def generate(teacher: nn.Module, task: PathsTask, pairs: dict[str, Tensor], sampler: BlockwiseSampler,
-             draws_per_prompt: int = 1, seed: int = 0, prefix_draws: int = 0) -> tuple[DatasetDict, dict]:
+             draws_per_prompt: int = 1, seed: int = 0, prefix_draws: int = 0,
+             trajectory: bool = False) -> tuple[DatasetDict, dict]:
     """Decode the train and val pairs with the teacher (and, with `prefix_draws`, prefix prompts of
-    the train pairs); keep what `task.check` accepts.
+    the train pairs); keep what `task.check` accepts (with `trajectory`, and each answer's reveal steps).
     Returns the data set and the per-split counts (prompts, kept, rejected)."""
     generator = torch.Generator().manual_seed(seed)
     data, counts = {}, {}
     for name, split in SPLITS.items():
         prompts = pairs[split].repeat_interleave(draws_per_prompt, dim=0)
-        tokens, ok = decode_prompts(teacher, task, prompts, sampler, generator=generator)
-        data[name] = answers_dataset(tokens[ok], task.prompt_weights(prompts[ok]))
+        tokens, ok, reveal = decode_prompt_trajectories(teacher, task, prompts, sampler, generator=generator,
+                                                        trajectory=trajectory)
+        data[name] = answers_dataset(tokens[ok], task.prompt_weights(prompts[ok]),
+                                     reveal=reveal[ok] if reveal is not None else None)
         counts[name] = {"prompts": len(prompts), "kept": int(ok.sum()), "rejected": int((~ok).sum())}
     if prefix_draws > 0:
         prefix_generator = torch.Generator().manual_seed(seed + 1)  # argmax decoding leaves `generator` unused
-        tokens, prefix_len, ok = complete_prefixes(teacher, task, pairs["train"], prefix_draws, sampler, prefix_generator)
-        data["train_prefixed"] = answers_dataset(tokens[ok], task.prompt_weights(tokens[ok, :PROMPT_LEN]), prefix_len[ok])
+        tokens, prefix_len, ok, reveal = complete_prefix_trajectories(teacher, task, pairs["train"], prefix_draws,
+                                                                      sampler, prefix_generator, trajectory)
+        data["train_prefixed"] = answers_dataset(tokens[ok], task.prompt_weights(tokens[ok, :PROMPT_LEN]), prefix_len[ok],
+                                                 reveal[ok] if reveal is not None else None)
         counts["train_prefixed"] = {"prompts": len(tokens), "kept": int(ok.sum()), "rejected": int((~ok).sum())}
     return DatasetDict(data), counts
 
@@ -130,11 +195,14 @@ def cache_key(provenance: dict) -> str:
     keyed = {k: provenance[k] for k in ("teacher_sha256", "sampler", "data", "prompt_split", "draws_per_prompt", "seed")}
     if provenance.get("prefix_draws"):
         keyed["prefix_draws"] = provenance["prefix_draws"]
+    if provenance.get("trajectory"):
+        keyed["trajectory"] = True
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_or_generate(teacher: nn.Module, datamodule: PathsDataModule, sampler: BlockwiseSampler, cache_dir: str | Path,
-                     draws_per_prompt: int = 1, seed: int = 0, prefix_draws: int = 0) -> tuple[DatasetDict, dict, Path]:
+                     draws_per_prompt: int = 1, seed: int = 0, prefix_draws: int = 0,
+                     trajectory: bool = False) -> tuple[DatasetDict, dict, Path]:
     """The data set for this teacher, sampler and split: read from cache_dir, or generated and saved there."""
     task = datamodule.task
     provenance = {
@@ -148,6 +216,7 @@ def load_or_generate(teacher: nn.Module, datamodule: PathsDataModule, sampler: B
         "draws_per_prompt": draws_per_prompt,
         "seed": seed if sampler.temperature > 0 or prefix_draws > 0 else None,  # argmax decoding alone uses none
         "prefix_draws": prefix_draws,
+        "trajectory": trajectory,
     }
     if provenance["teacher_sha256"] is None:
         raise ValueError("self-generated data need a saved teacher (its SHA-256 names the data); use teacher=saved")
@@ -155,7 +224,7 @@ def load_or_generate(teacher: nn.Module, datamodule: PathsDataModule, sampler: B
     if (path / "provenance.json").is_file():
         return load_from_disk(str(path)), json.loads((path / "provenance.json").read_text()), path
     start = time.perf_counter()
-    data, counts = generate(teacher, task, datamodule.pairs, sampler, draws_per_prompt, seed, prefix_draws)
+    data, counts = generate(teacher, task, datamodule.pairs, sampler, draws_per_prompt, seed, prefix_draws, trajectory)
     provenance.update(counts=counts, generation_s=round(time.perf_counter() - start, 3),
                       created=time.strftime("%Y-%m-%dT%H:%M:%S"),
                       note="test (held-out) pairs are never decoded; only answers task.check accepts are kept")
@@ -171,6 +240,21 @@ def to_tokens(split: Dataset) -> Tensor:
         return torch.empty(0, PROMPT_LEN, dtype=torch.long)
     cols = split.with_format("torch")[:]  # dict of tensors
     return torch.cat([cols["start"][:, None], cols["goal"][:, None], cols["answer"]], dim=1).long()
+
+
+def to_reveal_steps(split: Dataset) -> Tensor:
+    """(K, 2 + n) reveal steps of a trajectory split: -1 on the prompt (always shown)."""
+    if "reveal_step" not in split.column_names:
+        raise ValueError("these self-generated data hold no trajectories; set data.trajectory=true")
+    if len(split) == 0:
+        return torch.empty(0, PROMPT_LEN, dtype=torch.long)
+    reveal = split.with_format("torch")[:]["reveal_step"].long()
+    return torch.cat([torch.full((len(split), PROMPT_LEN), -1, dtype=torch.long), reveal], dim=1)
+
+
+def trajectory_batch(tokens: Tensor, reveal: Tensor) -> dict[str, Tensor]:
+    """A batch of trajectory rows: tokens, reveal_step and answer_mask (the positions the teacher decoded)."""
+    return {"tokens": tokens, "reveal_step": reveal, "answer_mask": reveal >= 0}
 
 
 def report_kept(path: Path, data: DatasetDict, provenance: dict, hint: str = "") -> None:
@@ -198,11 +282,13 @@ class SelfGeneratedDataModule(PathsDataModule):
         prefix_fraction: share of each training batch drawn from the prefix prompts (when there are any).
         val_prefix_draws: mid-answer states per val pair for choosing the decoding threshold (0: none);
             see `selection_states`.
+        trajectory: keep the teacher's reveal order too; batches then carry `reveal_step` (B, L)
+            (see the module docstring).
     """
 
     def __init__(self, teacher_path: str, cache_dir: str = "runs/self_generated", temperature: float = 0.0,
                  order: str = "left_to_right", block_size: int = 32, draws_per_prompt: int = 1, prefix_draws: int = 0,
-                 prefix_fraction: float = 0.5, val_prefix_draws: int = 0, **paths) -> None:
+                 prefix_fraction: float = 0.5, val_prefix_draws: int = 0, trajectory: bool = False, **paths) -> None:
         super().__init__(**paths)
         if teacher_path is None or teacher_path == "???":
             raise ValueError("self-generated data need the teacher: teacher.path=DIR")
@@ -221,6 +307,7 @@ class SelfGeneratedDataModule(PathsDataModule):
         self.prefix_draws = prefix_draws
         self.prefix_fraction = prefix_fraction
         self.val_prefix_draws = val_prefix_draws
+        self.trajectory = bool(trajectory)
         self.data: DatasetDict | None = None
         self.provenance: dict | None = None
 
@@ -228,7 +315,8 @@ class SelfGeneratedDataModule(PathsDataModule):
         if self.data is None:
             teacher = load_teacher(self.teacher_path)
             self.data, self.provenance, path = load_or_generate(teacher, self, self.sampler, self.cache_dir,
-                                                                self.draws_per_prompt, self.seed, self.prefix_draws)
+                                                                self.draws_per_prompt, self.seed, self.prefix_draws,
+                                                                self.trajectory)
             report_kept(path, self.data, self.provenance)
         return self.data
 
@@ -262,6 +350,8 @@ class SelfGeneratedDataModule(PathsDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data = self.load()
+        if self.trajectory:
+            return self.trajectory_loader(data)
         rows = to_tokens(data["train"])
         prefixed = data["train_prefixed"] if "train_prefixed" in data and len(data["train_prefixed"]) else None
         if prefixed is None:
@@ -286,6 +376,31 @@ class SelfGeneratedDataModule(PathsDataModule):
 
         return train_loader(self, sampled_batches(draw_mixed, self.seed + 1), self.answer_mask, self.batch_size)
 
+    def trajectory_loader(self, data: DatasetDict) -> DataLoader:
+        """Training batches of whole trajectories: a `prefix_fraction` of the rows from prefix prompts
+        (their prefix has reveal_step -1: shown, never a target) when there are any."""
+        rows, reveal = to_tokens(data["train"]), to_reveal_steps(data["train"])
+        prefixed = data["train_prefixed"] if "train_prefixed" in data and len(data["train_prefixed"]) else None
+        fraction = self.prefix_fraction if prefixed is not None else 0.0
+        if prefixed is not None:
+            prefixed_rows, prefixed_reveal = to_tokens(prefixed), to_reveal_steps(prefixed)
+
+        def draw(num: int, generator: torch.Generator) -> dict[str, Tensor]:
+            k = round(num * fraction)
+            index = torch.randint(len(rows), (num - k,), generator=generator)
+            tokens, steps = rows[index], reveal[index]
+            if k:
+                index = torch.randint(len(prefixed_rows), (k,), generator=generator)
+                tokens, steps = torch.cat([tokens, prefixed_rows[index]]), torch.cat([steps, prefixed_reveal[index]])
+            order = torch.randperm(num, generator=generator)  # mixed, so every rank's slice has both kinds
+            return trajectory_batch(tokens[order], steps[order])
+
+        return train_loader(self, sampled_batches(draw, self.seed + 1), self.answer_mask, self.batch_size)
+
     def val_dataloader(self) -> DataLoader:
+        if self.trajectory:
+            validation = self.load()["validation"]
+            batches = zip(to_tokens(validation).split(self.batch_size), to_reveal_steps(validation).split(self.batch_size))
+            return DataLoader([trajectory_batch(t, r) for t, r in batches], batch_size=None)
         return DataLoader(_fixed_batches(to_tokens(self.load()["validation"]), self.answer_mask, self.batch_size),
                           batch_size=None)

@@ -19,12 +19,14 @@ from torch.utils.data import DataLoader, IterableDataset
 from distill.seeding import derived_seed
 
 
-Batch = Tensor | tuple[Tensor, Tensor]  # tokens (B, L), or tokens and a per-row answer_mask (B, L)
+Batch = Tensor | tuple[Tensor, Tensor] | dict[str, Tensor]  # tokens (B, L), or tokens and a per-row answer_mask
+# (B, L), or a dict of per-row tensors holding at least "tokens" and "answer_mask" (e.g. a trajectory's reveal steps)
 
 
 class SlicedStream(IterableDataset):
     """Endless batches {"tokens", "answer_mask"}; `global_batch(i, size)` -> batch i: its (size, L)
-    tokens, or (tokens, answer_mask) when rows have their own answer spans (else `answer_mask`)."""
+    tokens, or (tokens, answer_mask) when rows have their own answer spans (else `answer_mask`), or
+    a dict of per-row tensors (each sliced the same way, so extra columns reach the objective)."""
 
     def __init__(self, global_batch: Callable[[int, int], Batch], answer_mask: Tensor, batch_size: int,
                  start: int = 0, rank: int = 0, world_size: int = 1) -> None:
@@ -38,8 +40,12 @@ class SlicedStream(IterableDataset):
         i = self.start
         while True:
             drawn = self.global_batch(i, self.batch_size * self.world_size)
-            tokens, answer_mask = drawn if isinstance(drawn, tuple) else (drawn, self.answer_mask.expand_as(drawn))
             mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
+            if isinstance(drawn, dict):
+                yield {name: column[mine] for name, column in drawn.items()}
+                i += 1
+                continue
+            tokens, answer_mask = drawn if isinstance(drawn, tuple) else (drawn, self.answer_mask.expand_as(drawn))
             yield {"tokens": tokens[mine], "answer_mask": answer_mask[mine]}
             i += 1
 

@@ -26,11 +26,9 @@ FORMAT = "fewstep-teacher/1"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
+    """SHA-256 of a file, read in chunks (large weight files never sit in memory whole)."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_teacher(model: TransformerDenoiser, path: str | os.PathLike, data: dict, extra: dict | None = None) -> Path:

@@ -69,7 +69,7 @@ def paths_teacher(tmp_path_factory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("export_path")
     run_dir = train(tmp, "teacher", "experiment=teacher_paths", *TINY_PATHS, "data.batch_size=64", "data.val_size=64",
                     "objective.network.n_layer=1", "objective.network.d_model=32", "objective.network.n_head=2",
-                    "trainer.max_steps=60", "trainer.val_check_interval=60", "eval.steps=[4]", "eval.num_samples=32",
+                    "trainer.max_steps=150", "trainer.val_check_interval=150", "eval.steps=[4]", "eval.num_samples=32",
                     "objective.val_samples=8")
     return run_dir, tmp / "teacher"
 
@@ -77,7 +77,7 @@ def paths_teacher(tmp_path_factory) -> tuple[Path, Path]:
 def test_teacher_checkpoint_exports_the_teacher_the_run_exported(paths_teacher, tmp_path):
     run_dir, teacher = paths_teacher
     assert_same_export(teacher, export(run_dir / "checkpoints" / "final.ckpt", tmp_path / "again"))
-    assert json.loads((teacher / "config.json").read_text())["trained_steps"] == 60
+    assert json.loads((teacher / "config.json").read_text())["trained_steps"] == 150
 
 
 @pytest.mark.parametrize("experiment, student", [
@@ -117,7 +117,7 @@ def test_certainty_students_export_the_same_from_their_checkpoint(paths_teacher,
 
 
 def test_killed_and_resumed_select_checkpoint_run_exports_the_same_student(paths_teacher, tmp_path):
-    args = certainty_args(paths_teacher[1], tmp_path, "objective.select_checkpoint=true", "trainer.max_steps=6",
+    args = certainty_args(paths_teacher[1], tmp_path, "objective.select_checkpoint=true", "trainer.max_steps=8",
                           "trainer.val_check_interval=2", "callbacks.checkpoint.every_n_train_steps=2",
                           "eval.after_training=false")
     train(tmp_path, "full", *args)
@@ -126,16 +126,15 @@ def test_killed_and_resumed_select_checkpoint_run_exports_the_same_student(paths
     selected = tmp_path / "run_killed" / "checkpoints" / "selected.ckpt"
     deadline = time.time() + 300
     while not selected.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # let last.ckpt of the same step be written too
-    proc.kill()  # SIGKILL: nothing runs after it
+        time.sleep(0.01)
+    proc.kill()  # SIGKILL right after the first validation kept a checkpoint (last.ckpt of that step precedes it)
     proc.wait()
     assert not (tmp_path / "killed").exists(), "the run finished before it could be killed"
     last = tmp_path / "run_killed" / "checkpoints" / "last.ckpt"
-    assert 0 < torch.load(last, weights_only=True)["global_step"] < 6
+    assert 0 < torch.load(last, weights_only=True)["global_step"] < 8
     train(tmp_path, "killed", *args, "ckpt_path=last")
     full, resumed = (json.loads((tmp_path / n / "sampler.json").read_text()) for n in ("full", "killed"))
-    assert [c["step"] for c in full["threshold_selection"]["checkpoints"]] == [2, 4, 6]
+    assert [c["step"] for c in full["threshold_selection"]["checkpoints"]] == [2, 4, 6, 8]
     assert resumed["threshold_selection"] == full["threshold_selection"]
     assert resumed["config"] == full["config"]
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")

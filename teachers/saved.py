@@ -25,11 +25,9 @@ FORMAT = "fewstep-teacher/1"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
+    """SHA-256 of a file, read in chunks (large weight files never sit in memory whole)."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def data_mismatch(recorded: dict, given: dict, subject: str, model: str, what: str = "other data",

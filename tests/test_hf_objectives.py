@@ -23,6 +23,7 @@ from students.entropy_threshold import EntropyThresholdSampler
 from teachers.hf import HFDiffusionLM, HFMaskedLM
 
 from tests.hf_fixtures import corpus, fit_on_prompts, qa_file, tiny_bert, tiny_diffusion_lm
+from tests.test_export_path import assert_same_export, export
 
 QA = ["data.question_field=q", "data.answer_field=a", "data.prompt_len=8", "data.answer_len=4", "data.checker=exact"]
 LORA_TARGETS = {"bert": "[query,value]", "diff": "[q_proj,v_proj]"}
@@ -68,6 +69,8 @@ def test_text_objectives_train_export_load_and_sample(hf, tmp_path, name, experi
                "trainer.max_steps=2", "trainer.val_check_interval=2", "objective.val_samples=4", "eval.num_samples=8",
                f"export_dir={tmp_path / 'student'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # fewstep-export of the run's checkpoint writes what the run wrote
+    assert_same_export(tmp_path / "student", export(tmp_path / "run" / "checkpoints" / "final.ckpt", tmp_path / "again"))
     student = students.load(tmp_path / "student")
     assert student.teacher_ref["path"] == str(hf[name]) and student.teacher_ref["sha256"]
     data = TextDataModule(files=[str(hf["corpus"])], tokenizer=str(hf[name]), seq_len=16, trust_remote_code=name == "diff")
@@ -100,8 +103,10 @@ def test_certainty_trains_exports_loads_and_evaluates(hf, tmp_path, name, varian
                f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "threshold chosen on" in proc.stdout
-    export = tmp_path / "student"
-    meta = json.loads((export / "sampler.json").read_text())
+    # fewstep-export of the run's checkpoint writes what the run wrote (merged, adapter-only or full weights)
+    assert_same_export(tmp_path / "student", export(tmp_path / "run" / "checkpoints" / "final.ckpt", tmp_path / "again"))
+    export_dir = tmp_path / "student"
+    meta = json.loads((export_dir / "sampler.json").read_text())
     assert meta["config"]["denoiser"]["class"] == ("HFMaskedLM" if name == "bert" else "HFDiffusionLM")
     assert meta["config"]["eos_id"] == 3  # the data's end token ([SEP]): the decoder stops there
     assert meta["config"]["threshold"] == meta["threshold_selection"]["chosen"] in (0.01, 1.0)
@@ -110,15 +115,15 @@ def test_certainty_trains_exports_loads_and_evaluates(hf, tmp_path, name, varian
     teacher = load_teacher(hf, name)
     trainable = meta["finetune"]["trainable_parameters"]
     if variant == "lora_adapter":  # the adapter alone; the base is the teacher, found by path + SHA-256
-        saved = load_file(export / "model.safetensors")
+        saved = load_file(export_dir / "model.safetensors")
         assert saved and all("lora_" in k for k in saved) and sum(v.numel() for v in saved.values()) == trainable
-        assert not (export / "denoiser").exists() and meta["config"]["adapter_only"]
+        assert not (export_dir / "denoiser").exists() and meta["config"]["adapter_only"]
     else:  # merged LoRA or all weights: save_pretrained in denoiser/, loadable by transformers as it is
-        assert load_file(export / "model.safetensors") == {} and "files" in meta
-        assert not any("lora" in k for k in load_file(export / "denoiser" / "model.safetensors"))
+        assert load_file(export_dir / "model.safetensors") == {} and "files" in meta
+        assert not any("lora" in k for k in load_file(export_dir / "denoiser" / "model.safetensors"))
         n_teacher = sum(p.numel() for p in teacher.parameters())
         assert (trainable == n_teacher) == (variant == "full")
-    student = students.load(export)
+    student = students.load(export_dir)
     data = PromptsDataModule(str(hf["qa"]), str(hf[name]), question_field="q", answer_field="a", prompt_len=8,
                              answer_len=4, checker="exact", trust_remote_code=name == "diff")
     students.check_teacher(student.teacher_ref, teacher, data.spec())
@@ -130,7 +135,7 @@ def test_certainty_trains_exports_loads_and_evaluates(hf, tmp_path, name, varian
         return
     # the interface: fewstep-eval with the teacher and the plain prompt data
     proc = run("fewstep-eval", *teacher_args(hf, name), "data=prompts_json", f"data.file={hf['qa']}", *QA,
-               "sampler=saved", f"sampler.path={export}", "eval.num_samples=12", f"hydra.run.dir={tmp_path / 'eval'}",
+               "sampler=saved", f"sampler.path={export_dir}", "eval.num_samples=12", f"hydra.run.dir={tmp_path / 'eval'}",
                cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((tmp_path / "eval" / "metrics.json").read_text())["rows"][0]

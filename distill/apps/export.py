@@ -1,22 +1,31 @@
 """fewstep-export: turn a training checkpoint into a self-describing export directory.
 
-    fewstep-export outputs/DATE/TIME/checkpoints/last.ckpt DIR
+    fewstep-export outputs/DATE/TIME/checkpoints/final.ckpt DIR
 
-The checkpoint is read with torch.load(weights_only=True) (nothing unpickled); the export is built
-under a temporary name and renamed at the end, so a failure leaves nothing at DIR.
+The checkpoint holds everything that defines the student besides its teacher (hyperparameters, tensors,
+and `on_save_checkpoint`'s record: chosen threshold, selected weights, prompt split, config); the teacher
+is found again by reference. The objective is rebuilt from it and its `export` writes the same files the
+training run wrote (final.ckpt: the state the run exported; last.ckpt and step checkpoints: that step's).
+The checkpoint is read with torch.load(weights_only=True) (nothing unpickled); the export is built under
+a temporary name and renamed at the end, so a failure leaves nothing at DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
+import lightning as L
 import torch
+from torch import nn
 
-import students
 from distill.apps.cli import check_new_dir
-from teachers.saved import save_teacher
+from distill.objectives.masked_diffusion import MaskedDiffusionObjective
+from teachers.oracle import OracleDenoiser
+from teachers.saved import load_teacher
+from teachers.sources.hmm import HiddenMarkovSource, SourceConfig
 from teachers.transformer import TransformerDenoiser
 
 
@@ -42,27 +51,71 @@ def network_from_checkpoint(checkpoint: dict) -> TransformerDenoiser:
     return network.eval()
 
 
-def student_from_checkpoint(checkpoint: dict):
-    """The trained student of a distillation checkpoint (the teacher is never in it)."""
-    student = students.build(checkpoint["hyper_parameters"]["student"])
-    student.load_state_dict(_substate(checkpoint, "student."))
-    return student.eval()
+def teacher_from_reference(ref: dict) -> nn.Module:
+    """The frozen teacher a student checkpoint names: the oracle of its data source, a saved teacher (its
+    SHA-256 checked on load) or a transformers teacher (by path and adapter spec, its digest compared)."""
+    kind = ref.get("kind")
+    if kind == "oracle":
+        data = dict(ref.get("data") or {})
+        if data.pop("kind", None) != "hidden_markov":
+            raise ValueError(f"the checkpoint's oracle teacher has data {ref.get('data')!r}, which has no exact "
+                             "conditionals fewstep can rebuild")
+        return OracleDenoiser(HiddenMarkovSource.random(SourceConfig(**data))).eval()
+    if kind == "saved":
+        return load_teacher(ref["path"])
+    if "spec" in ref:  # transformers teachers
+        from teachers.hf import load_hf_denoiser
+
+        if not Path(ref["path"]).is_dir():
+            raise FileNotFoundError(f"the checkpoint's teacher directory {ref['path']} does not exist; the teacher "
+                                    "must stay where it was trained from (or be copied back there)")
+        teacher = load_hf_denoiser(ref["path"], ref["spec"])
+        if ref.get("sha256") is not None and teacher.sha256 != ref["sha256"]:
+            raise ValueError(f"the teacher at {ref['path']} is not the one the student was distilled from (SHA-256 "
+                             f"{str(teacher.sha256)[:12]}... vs {ref['sha256'][:12]}... in the checkpoint)")
+        return teacher.eval().requires_grad_(False)
+    raise ValueError(f"the checkpoint names a teacher of kind {kind!r} that fewstep-export cannot rebuild")
+
+
+def _objective_class(hparams: dict) -> type:
+    module, _, name = str(hparams.get("_target_", "")).rpartition(".")
+    if not module.startswith("distill.objectives."):
+        raise ValueError(f"the checkpoint names objective class {hparams.get('_target_')!r}; it was written by an "
+                         "older fewstep: train again with this version")
+    return getattr(importlib.import_module(module), name)
+
+
+def objective_from_checkpoint(checkpoint: dict) -> L.LightningModule:
+    """The objective of a training checkpoint, rebuilt from its hyperparameters with its teacher (never
+    stored in it), its tensors and what defines the student (`on_load_checkpoint`): what `export` needs."""
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    if hparams.get("objective") == "masked_diffusion":
+        network = dict(hparams.pop("network"))
+        objective = MaskedDiffusionObjective(lambda vocab_size, seq_len: TransformerDenoiser(**network), optimizer=None,
+                                             vocab_size=network["vocab_size"], seq_len=network["seq_len"],
+                                             **{k: v for k, v in hparams.items() if k != "objective"})
+    elif "student" in hparams:
+        cls = _objective_class(hparams)
+        teacher = teacher_from_reference(hparams["teacher_ref"])
+        kwargs = {k: v for k, v in hparams.items() if k not in ("objective", "_target_", "teacher_ref")}
+        objective = cls(teacher=teacher, optimizer=None, **kwargs)
+    else:
+        raise ValueError(f"this is a checkpoint of objective {hparams.get('objective')!r}, which has neither a network "
+                         "nor a student to export; pass a checkpoint written by fewstep-train")
+    objective.load_state_dict(checkpoint["state_dict"])
+    objective.on_load_checkpoint(checkpoint)
+    return objective.eval()
 
 
 def export_checkpoint(checkpoint_path: str | Path, export_dir: str | Path) -> Path:
-    checkpoint = read_checkpoint(checkpoint_path)
-    hparams = checkpoint.get("hyper_parameters", {})
-    extra = {"trained_steps": int(checkpoint.get("global_step", 0)), "checkpoint": str(checkpoint_path)}
-    if hparams.get("objective") == "masked_diffusion":
-        return save_teacher(network_from_checkpoint(checkpoint), export_dir, data=hparams.get("data_spec") or {},
-                            extra=extra)
-    if "student" in hparams:
-        extra.update(objective=hparams.get("objective"), data=hparams.get("data_spec"),
-                     method=hparams.get("method", hparams["student"].get("_target_", "student").rsplit(".", 1)[-1]))
-        return students.save_student(student_from_checkpoint(checkpoint), export_dir, teacher=hparams["teacher_ref"],
-                                     extra=extra)
-    raise ValueError(f"{checkpoint_path} is a checkpoint of objective {hparams.get('objective')!r}, which has neither a "
-                     "network nor a student to export; pass a checkpoint written by fewstep-train")
+    """Rebuild the objective from the checkpoint and call its `export`, the one the training run calls; the
+    model card has no evaluation rows (run fewstep-eval on the export for them)."""
+    export_dir = Path(export_dir)
+    if export_dir.exists():
+        raise FileExistsError(f"{export_dir} already exists; choose another directory or delete it first")
+    objective = objective_from_checkpoint(read_checkpoint(checkpoint_path))
+    objective.export(str(export_dir))
+    return export_dir
 
 
 def main(argv: list[str] | None = None) -> None:

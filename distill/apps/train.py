@@ -21,7 +21,6 @@ from distill.apps.cli import CONF_DIR, check_new_dir, check_override_keys, set_t
 from distill.apps.compare import compare
 from distill.apps.eval import check_eval, run_evaluation
 from distill.apps.export import read_checkpoint
-from distill.evaluation.model_card import model_card
 from distill.objectives.base import StudentObjective
 
 
@@ -52,6 +51,7 @@ def run(cfg: DictConfig) -> None:
         if hasattr(datamodule, "use_teacher"):  # data the teacher generates (certainty forcing on prompt files)
             datamodule.use_teacher(runtime["teacher"])
     objective = instantiate(cfg.objective, **runtime, _convert_="all")  # primitive hparams: weights_only loads
+    objective.config_yaml = OmegaConf.to_yaml(cfg, resolve=True)  # in every checkpoint; exported as config.yaml
     choices = HydraConfig.get().runtime.choices
     if isinstance(objective, StudentObjective):
         denoiser, sampler, name = objective.teacher, objective.student, choices.get("student") or "student"
@@ -69,8 +69,13 @@ def run(cfg: DictConfig) -> None:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     if not logger:  # logger=null: nothing to write the learning rate to
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    checkpoint_dir = Path((cfg.get("callbacks") or {}).get("checkpoint", {}).get("dirpath") or out_dir / "checkpoints")
+    selection = objective.selection_checkpoint(str(checkpoint_dir)) if hasattr(objective, "selection_checkpoint") else None
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks + ([selection] if selection else []))
     trainer.fit(objective, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    # what the export below writes, as a checkpoint (after on_fit_end: selected weights, chosen threshold):
+    # `fewstep-export checkpoints/final.ckpt DIR` writes the same files (every rank calls it; rank 0 writes)
+    trainer.save_checkpoint(checkpoint_dir / "final.ckpt")
     if not trainer.is_global_zero:
         return
 
@@ -86,11 +91,7 @@ def run(cfg: DictConfig) -> None:
         rows = run_evaluation(denoiser.eval(), sampler.eval() if hasattr(sampler, "eval") else sampler, name,
                               datamodule, cfg.eval, out_dir, OmegaConf.to_container(cfg, resolve=True), print_table=False)
         compare([str(out_dir / "metrics.json")], out_dir / "compare", reference=name)
-    if isinstance(objective, StudentObjective):
-        objective.export(str(export_dir), config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
-                         card=model_card(name, sampler, objective.teacher_ref, rows, generated))
-    else:
-        objective.export(str(export_dir))
+    objective.export(str(export_dir), rows=rows)  # the one export path (fewstep-export CKPT calls it too)
     print(f"exported to {export_dir}")
 
 

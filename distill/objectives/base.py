@@ -2,6 +2,11 @@
 validation by sampling, the optimizer over the student's trainable tensors, and the export.
 
 Subclasses define `loss(batch, generator) -> (loss to minimise, dict of values to log)`.
+
+Everything that defines the exported student and is not a tensor of it (the run's resolved config, the
+number of generated positions, and whatever a subclass adds in `student_record`) is written into every
+checkpoint by `on_save_checkpoint` as primitives, so `fewstep-export CKPT` rebuilds this module and calls
+the same `export` the training run calls (distill/apps/export.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from torch import Tensor, nn
 
 import students
 from distill.evaluation.evaluate import evaluate_sampler
+from distill.evaluation.model_card import model_card
 from distill.objectives.frozen import attach_frozen, teacher_reference
 from distill.objectives.schedule import optimizer_config
 from distill.seeding import step_generator
@@ -67,8 +73,10 @@ class StudentObjective(L.LightningModule):
         attach_frozen(self, teacher)
         data_spec = dict(data_spec) if data_spec is not None else None
         self.teacher_ref = teacher_reference(teacher, data_spec)
-        self.save_hyperparameters({"objective": self.objective_name, "student": student, "teacher_ref": self.teacher_ref,
-                                   "warmup_steps": warmup_steps, "val_samples": val_samples, "data_spec": data_spec,
+        self.save_hyperparameters({"objective": self.objective_name,
+                                   "_target_": f"{type(self).__module__}.{type(self).__qualname__}",
+                                   "student": student, "teacher_ref": self.teacher_ref,
+                                   "vocab_size": vocab_size, "seq_len": seq_len, "warmup_steps": warmup_steps, "val_samples": val_samples, "data_spec": data_spec,
                                    "method": method, "seed": seed, **hparams})
         self.method = method
         self.seed = seed
@@ -76,12 +84,38 @@ class StudentObjective(L.LightningModule):
         self.warmup_steps = warmup_steps
         self.val_samples = val_samples
         self.data_spec = data_spec
+        self.config_yaml: str | None = None  # the run's resolved config (set by fewstep-train), exported as config.yaml
+        self.generated: int | None = None  # generated positions per sequence (set from the data at setup)
+        self.trained_steps: int | None = None  # the checkpoint's step, when rebuilt from one without a trainer
 
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         raise NotImplementedError
 
+    def setup(self, stage: str) -> None:
+        self.generated = int(self.trainer.datamodule.answer_mask.sum())
+
     def on_fit_start(self) -> None:
         self.teacher.to(self.device)
+
+    # --- what defines the student, beyond its tensors: kept in every checkpoint ---------------------
+    def student_record(self) -> dict:
+        """Primitives (no tensors, no objects) that `export` needs and the student's tensors do not hold."""
+        return {"method": self.method, "teacher_ref": self.teacher_ref, "config_yaml": self.config_yaml,
+                "generated": self.generated}
+
+    def restore_record(self, record: dict) -> None:
+        self.method, self.teacher_ref = record["method"], record["teacher_ref"]
+        self.config_yaml, self.generated = record["config_yaml"], record["generated"]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["fewstep"] = self.student_record()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "fewstep" not in checkpoint:
+            raise ValueError("this checkpoint was written by an older fewstep (no 'fewstep' entry): it lacks what defines "
+                             "the student; train again with this version")
+        self.restore_record(checkpoint["fewstep"])
+        self.trained_steps = int(checkpoint.get("global_step", 0))
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, values = self.loss(batch, step_generator(self, self.seed, batch_idx, batch["tokens"].device))
@@ -99,9 +133,8 @@ class StudentObjective(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self.val_samples <= 0:
             return
-        benchmark = self.trainer.datamodule.benchmark()
-        generated = int(self.trainer.datamodule.answer_mask.sum())
-        for steps in self.student.default_steps(generated):
+        benchmark = self.trainer.datamodule.benchmark(split="val")  # never the test prompts
+        for steps in self.student.default_steps(self.generated):
             row, _, _ = evaluate_sampler(self.teacher, self.student, benchmark, steps, self.val_samples, self.val_samples,
                                       seed=0, sampler_name="val")
             self.log_dict({f"val/{k}": row[k] for k in ("gen_nll", "bigram_kl", "accuracy", "entropy", "nfe") if k in row},
@@ -121,8 +154,13 @@ class StudentObjective(L.LightningModule):
         """Objective-specific entries for sampler.json."""
         return {}
 
-    def export(self, path: str, config_yaml: str | None = None, card: str | None = None) -> None:
-        """The student alone (safetensors + sampler.json), with its teacher by reference."""
-        students.save_student(self.exported_student(), path, teacher=self.teacher_ref, config_yaml=config_yaml, card=card,
-                              extra={"method": self.method, "objective": self.objective_name, "data": self.data_spec,
-                                     "trained_steps": int(self.global_step), **self.export_extra()})
+    def export(self, path: str, rows: list[dict] | None = None) -> None:
+        """The student alone (safetensors + sampler.json, config.yaml, model card), its teacher by reference.
+
+        The one export path: the training run calls it after fitting (with its evaluation rows for the model
+        card) and `fewstep-export` calls it on the module rebuilt from a checkpoint (no rows)."""
+        steps = int(self.global_step) if self._trainer is not None else int(self.trained_steps or 0)
+        card = model_card(self.method, self.student, self.teacher_ref, rows or [], self.generated)
+        students.save_student(self.exported_student(), path, teacher=self.teacher_ref, config_yaml=self.config_yaml,
+                              card=card, extra={"method": self.method, "objective": self.objective_name,
+                                                "data": self.data_spec, "trained_steps": steps, **self.export_extra()})

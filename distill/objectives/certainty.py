@@ -15,13 +15,14 @@ largest candidate such that it and every smaller candidate stay within `toleranc
 one-token-per-step argmax decoding on the same prompts, and, where the data module provides
 mid-answer states of the validation pairs (`selection_states`), within `tolerance` of the student's
 own accuracy on those states at its smallest threshold (distill/evaluation/threshold_choice.py). With
-`select_checkpoint`, every validation also runs that choice and the student keeps the weights of the
-validation whose chosen threshold needs the fewest forward passes.
+`select_checkpoint`, every validation also runs that choice and logs its NFE, a Lightning ModelCheckpoint
+monitoring it keeps the cheapest validation's checkpoint, and the student ends with its weights.
 """
 
 from __future__ import annotations
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
@@ -32,6 +33,8 @@ from distill.objectives.base import StudentObjective
 from distill.objectives.losses import certainty_loss
 from students.entropy_threshold import block_index
 from students.lora import count_trainable
+
+SELECTION_METRIC = "val/selection_nfe"  # the chosen threshold's NFE on validation; inf when out of tolerance
 
 
 def complementary_masks(answer_mask: Tensor, block_size: int, ratio_range: tuple[float, float],
@@ -104,8 +107,10 @@ class CertaintyObjective(StudentObjective):
         self.selection: dict | None = None
         self.teacher_val_accuracy: float | None = None
         self.teacher_state_scores: tuple[float, float] | None = None
-        self.checkpoints: list[dict] = []
-        self.best_state: tuple[dict, dict] | None = None  # (student state, its checkpoints entry)
+        self.checkpoints: list[dict] = []  # every validation's choice (select_checkpoint)
+        self.kept_step: int | None = None  # the step whose weights `restore_selected` loaded
+        self.prompt_split: dict | None = None  # from the data module at setup: what eval checks the split against
+        self.provenance: dict | None = None  # how the self-generated data were made
 
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         tokens, mask_id = batch["tokens"], self.teacher.mask_id
@@ -118,9 +123,25 @@ class CertaintyObjective(StudentObjective):
 
     def setup(self, stage: str) -> None:
         """Answers padded with an end token (prompt files): the decoder stops at it unless told otherwise."""
-        end_id = getattr(self.trainer.datamodule, "end_id", None)
+        super().setup(stage)
+        datamodule = self.trainer.datamodule
+        end_id = getattr(datamodule, "end_id", None)
         if self.student.eos_id is None and end_id is not None:
             self.student.eos_id = int(end_id)
+        self.prompt_split = datamodule.split_spec() if hasattr(datamodule, "split_spec") else None
+        self.provenance = getattr(datamodule, "provenance", None)
+
+    def student_record(self) -> dict:
+        """The chosen threshold and its choice table, the end token, the prompt split and the data's provenance."""
+        return {**super().student_record(), "threshold": self.student.threshold, "eos_id": self.student.eos_id,
+                "selection": self.selection, "checkpoints": list(self.checkpoints), "kept_step": self.kept_step,
+                "prompt_split": self.prompt_split, "provenance": self.provenance}
+
+    def restore_record(self, record: dict) -> None:
+        super().restore_record(record)
+        self.student.threshold, self.student.eos_id = record["threshold"], record["eos_id"]
+        self.selection, self.checkpoints, self.kept_step = record["selection"], list(record["checkpoints"]), record["kept_step"]
+        self.prompt_split, self.provenance = record["prompt_split"], record["provenance"]
 
     def on_validation_epoch_end(self) -> None:
         """The student's exact accuracy and NFE on the validation prompts at its current threshold; with
@@ -139,30 +160,39 @@ class CertaintyObjective(StudentObjective):
         best, within = choose_threshold(rows[1:], teacher_accuracy, self.tolerance, state_reference(rows[1:]))
         self.log("val/chosen_threshold", best["threshold"], sync_dist=True)
         self.log("val/chosen_nfe", best["nfe"], sync_dist=True)
-        self.keep_if_cheapest({"step": int(self.global_step), "threshold": best["threshold"],
-                               "accuracy": best["accuracy"], "nfe": best["nfe"], "within_tolerance": within})
+        self.log(SELECTION_METRIC, best["nfe"] if within else float("inf"), sync_dist=True)
+        self.checkpoints.append({"step": int(self.global_step), "threshold": best["threshold"],
+                                 "accuracy": best["accuracy"], "nfe": best["nfe"], "within_tolerance": within})
 
-    def keep_if_cheapest(self, entry: dict) -> None:
-        """Record one validation's choice; keep a copy of the weights if it is within tolerance and
-        needs fewer forward passes than every earlier one (ties keep the earlier, less trained weights)."""
-        self.checkpoints.append(entry)
-        if entry["within_tolerance"] and (self.best_state is None or entry["nfe"] < self.best_state[1]["nfe"]):
-            state = {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()}
-            self.best_state = (state, entry)
+    def selection_checkpoint(self, dirpath: str) -> ModelCheckpoint | None:
+        """With `select_checkpoint`: the callback that keeps the checkpoint of the validation whose chosen
+        threshold needs the fewest forward passes (strictly fewer: a tie keeps the earlier, less trained
+        weights; out of tolerance logs inf, so it is kept only while nothing within tolerance is)."""
+        if not self.select_checkpoint:
+            return None
+        return ModelCheckpoint(dirpath=dirpath, filename="selected", monitor=SELECTION_METRIC, mode="min", save_top_k=1,
+                               save_last=False, save_on_train_epoch_end=False, auto_insert_metric_name=False)
 
-    def restore_cheapest(self) -> None:
-        """Load the weights `keep_if_cheapest` kept (nothing kept: the weights stay as they are)."""
-        if self.best_state is None:
+    def restore_selected(self) -> None:
+        """Load the student weights of the checkpoint `selection_checkpoint` kept (nothing within tolerance:
+        the weights stay as they are)."""
+        kept = [c for c in self.trainer.checkpoint_callbacks
+                if isinstance(c, ModelCheckpoint) and c.monitor == SELECTION_METRIC]
+        if not kept or not kept[0].best_model_path or not torch.isfinite(torch.as_tensor(kept[0].best_model_score)):
+            self.kept_step = None
             return
-        state, kept = self.best_state
-        self.student.load_state_dict(state)
-        print(f"kept the weights of step {kept['step']} (on validation: {kept['nfe']:.2f} NFE at threshold "
-              f"{kept['threshold']:g}; every validation: "
+        checkpoint = torch.load(kept[0].best_model_path, map_location="cpu", weights_only=True)
+        self.student.load_state_dict({k[len("student."):]: v for k, v in checkpoint["state_dict"].items()
+                                      if k.startswith("student.")})
+        self.kept_step = int(checkpoint["global_step"])
+        print(f"kept the weights of step {self.kept_step} (on validation: {float(kept[0].best_model_score):.2f} NFE; "
+              "every validation: "
               + ", ".join(f"step {c['step']} {c['nfe']:.2f}{'' if c['within_tolerance'] else ' (out)'}"
                           for c in self.checkpoints) + ")")
 
     def on_fit_end(self) -> None:
-        self.restore_cheapest()
+        if self.select_checkpoint:
+            self.restore_selected()
         self.select_threshold()
 
     def selection_states(self) -> tuple[Tensor, Tensor] | None:
@@ -207,19 +237,23 @@ class CertaintyObjective(StudentObjective):
         self.selection = {"split": "val", "pairs": prompts, "states": len(states[0]) if states else 0,
                           "state_reference": reference, "tolerance": self.tolerance, "rows": rows,
                           "chosen": best["threshold"], "within_tolerance": within,
-                          "checkpoints": self.checkpoints or None,
-                          "kept_step": self.best_state[1]["step"] if self.best_state is not None else None}
-        print_choice(self.selection)
+                          "checkpoints": self.checkpoints or None, "kept_step": self.kept_step}
+        on = f"{prompts} validation prompts" + (f" and {len(states[0])} mid-answer states" if states else "")
+        print(f"threshold chosen on {on}: {best['threshold']:g} "
+              f"({'within' if within else 'NOT within'} {self.tolerance:g} of the teacher's accuracy"
+              + (f" and of the student's state accuracy at its smallest threshold, {reference:.4f}" if states else "")
+              + ")")
+        print(markdown_table(rows, ["sampler", "threshold", "accuracy", "nfe"]
+                             + (["state_accuracy", "state_nfe"] if states else [])))
         return self.selection
 
     def exported_student(self) -> nn.Module:
         return self.student.adapter() if self.export_adapter else self.student.merged()
 
     def export_extra(self) -> dict:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
         return {
-            "prompt_split": datamodule.split_spec() if datamodule is not None and hasattr(datamodule, "split_spec") else None,
-            "self_generated_data": getattr(datamodule, "provenance", None),
+            "prompt_split": self.prompt_split,
+            "self_generated_data": self.provenance,
             "finetune": {"lora": self.student.lora, "trainable_parameters": self.trainable_parameters,
                          "export": "adapter" if self.export_adapter else "merged"},
             "threshold_selection": self.selection,

@@ -17,10 +17,14 @@ def attach_frozen(module: nn.Module, teacher: nn.Module) -> None:
 
 
 def teacher_reference(teacher: nn.Module, data_spec: dict | None) -> dict:
-    """How an export finds its teacher again: by path + SHA-256 (saved) or as the data's oracle."""
+    """How an export (and `fewstep-export`) finds its teacher again: by path + SHA-256 (saved; transformers
+    teachers also record their adapter spec) or as the data's oracle."""
     if getattr(teacher, "sha256", None) is not None or getattr(teacher, "kind", None):
-        return {"kind": getattr(teacher, "kind", "saved"), "path": getattr(teacher, "path", None),
-                "sha256": getattr(teacher, "sha256", None), "data": data_spec}
+        ref = {"kind": getattr(teacher, "kind", "saved"), "path": getattr(teacher, "path", None),
+               "sha256": getattr(teacher, "sha256", None), "data": data_spec}
+        if hasattr(teacher, "spec"):  # transformers teachers: how to load it again (dtype, mask id, ...)
+            ref["spec"] = teacher.spec()
+        return ref
     if hasattr(teacher, "source"):
         return {"kind": "oracle", "data": data_spec}
     return {"kind": type(teacher).__name__, "data": data_spec}

@@ -76,6 +76,7 @@ class MaskedDiffusionObjective(L.LightningModule):
         self.val_samples = val_samples
         self.data_spec = data_spec
         self.val_sampler = None  # set by the app: the sampler used to score samples at validation
+        self.trained_steps: int | None = None  # the checkpoint's step, when rebuilt from one without a trainer
 
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> Tensor:
         tokens = batch["tokens"]
@@ -95,7 +96,7 @@ class MaskedDiffusionObjective(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.val_sampler is None or self.trainer.sanity_checking:
             return
-        benchmark = self.trainer.datamodule.benchmark()
+        benchmark = self.trainer.datamodule.benchmark(split="val")  # never the test prompts
         steps = int(self.trainer.datamodule.answer_mask.sum())  # one token per step
         row, _, _ = evaluate_sampler(self.network, self.val_sampler, benchmark, steps, self.val_samples,
                                   self.val_samples, seed=0, sampler_name="val")
@@ -106,6 +107,11 @@ class MaskedDiffusionObjective(L.LightningModule):
         optimizer = self.optimizer_factory(self.network.parameters())
         return optimizer_config(optimizer, self.warmup_steps, self.trainer.max_steps)
 
-    def export(self, path: str) -> None:
-        """Save the trained denoiser as a teacher directory other objectives load frozen."""
-        save_teacher(self.network, path, data=self.data_spec or {}, extra={"trained_steps": int(self.global_step)})
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.trained_steps = int(checkpoint.get("global_step", 0))
+
+    def export(self, path: str, rows: list[dict] | None = None) -> None:
+        """Save the trained denoiser as a teacher directory other objectives load frozen (the one export
+        path: the training run and `fewstep-export CKPT` both call it; `rows` are not recorded)."""
+        steps = int(self.global_step) if self._trainer is not None else int(self.trained_steps or 0)
+        save_teacher(self.network, path, data=self.data_spec or {}, extra={"trained_steps": steps})

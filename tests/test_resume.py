@@ -20,7 +20,8 @@ RUNS = {  # each draws fresh randomness every step: REINFORCE rollouts / masks o
 
 
 def command(overrides: list[str], tmp: Path, name: str, *extra: str) -> list[str]:
-    return ["fewstep-train", *overrides, "callbacks.checkpoint.every_n_train_steps=5", "trainer.val_check_interval=1000",
+    return ["fewstep-train", *overrides, "callbacks.checkpoint.every_n_train_steps=5", "callbacks.checkpoint.every_n_epochs=null",
+            "trainer.val_check_interval=1000",
             "eval.after_training=false", f"export_dir={tmp / name}", f"hydra.run.dir={tmp / ('run_' + name)}", *extra]
 
 

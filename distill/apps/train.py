@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> None:
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     checkpoint_dir = Path((cfg.get("callbacks") or {}).get("checkpoint", {}).get("dirpath") or out_dir / "checkpoints")
     selection = objective.selection_checkpoint(str(checkpoint_dir)) if hasattr(objective, "selection_checkpoint") else None
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks + ([selection] if selection else []))
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=([selection] if selection else []) + callbacks)  # the choice before last.ckpt
     trainer.fit(objective, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     # what the export below writes, as a checkpoint (after on_fit_end: selected weights, chosen threshold):
     # `fewstep-export checkpoints/final.ckpt DIR` writes the same files (every rank calls it; rank 0 writes)

@@ -200,10 +200,12 @@ class EntropyThresholdSampler(nn.Module):
         batch_size: int | None = None,
         seq_len: int | None = None,
         prompt: Tensor | None = None,
+        attention_mask: Tensor | None = None,
         generator: torch.Generator | None = None,
         return_trace: bool = False,
     ) -> SampleOutput:
-        """Fill every masked position, each row until it has none left.
+        """Fill every masked position, each row until it has none left; `attention_mask` (B, L) (False at
+        a prompt's left padding) goes to the denoiser when given.
 
         steps: an upper bound (None, or at least the number of masked positions): the decoder
             picks its own step count, at most one step per masked position.
@@ -224,7 +226,7 @@ class EntropyThresholdSampler(nn.Module):
         while active.any():
             rows = active.nonzero().squeeze(1)
             x = tokens[rows]
-            logits = net(x)
+            logits = net(x) if attention_mask is None else net(x, attention_mask=attention_mask[rows])
             tokens[rows] = self.step(logits, x, x == mask_id, block[rows], generator)
             nfe_per_row[rows] += 1
             if trace is not None:

@@ -209,10 +209,12 @@ class JointHeadSampler(nn.Module):
         batch_size: int | None = None,
         seq_len: int | None = None,
         prompt: Tensor | None = None,
+        attention_mask: Tensor | None = None,
         generator: torch.Generator | None = None,
         return_trace: bool = False,
     ) -> SampleOutput:
-        """Generate every masked position in `steps` full forwards (default ceil(masked / K)), one token per head pass.
+        """Generate every masked position in `steps` full forwards (default ceil(masked / K)), one token per head pass;
+        `attention_mask` (B, L) (False at a prompt's left padding) goes to the full forwards when given.
 
         trace: the state after every head pass (one more revealed token each).
         """
@@ -226,7 +228,8 @@ class JointHeadSampler(nn.Module):
         head_passes = 0
         for i in range(steps):
             counts = reveal_counts(num_masked, i, steps)  # (B,) tokens this forward reveals per row
-            hidden = denoiser.hidden_states(tokens)  # the full forward
+            hidden = (denoiser.hidden_states(tokens) if attention_mask is None
+                      else denoiser.hidden_states(tokens, attention_mask=attention_mask))  # the full forward
             for m in range(int(counts.max())):
                 hidden, logits = self.head_pass(denoiser, tokens, hidden)
                 head_passes += 1

@@ -99,10 +99,12 @@ class MaskedSampler:
         batch_size: int | None = None,
         seq_len: int | None = None,
         prompt: Tensor | None = None,
+        attention_mask: Tensor | None = None,
         generator: torch.Generator | None = None,
         return_trace: bool = False,
     ) -> SampleOutput:
-        """Generate every masked position of the canvas in `steps` denoiser calls."""
+        """Generate every masked position of the canvas in `steps` denoiser calls; `attention_mask` (B, L)
+        (False at a prompt's left padding) goes to the denoiser when given."""
         tokens = make_canvas(denoiser.mask_id, batch_size, seq_len, prompt)
         start_mask = tokens == denoiser.mask_id
         most = int(start_mask.sum(-1).max())
@@ -112,7 +114,7 @@ class MaskedSampler:
         nfe = 0
         for i in range(steps):
             masked = tokens == denoiser.mask_id
-            logits = denoiser(tokens)
+            logits = denoiser(tokens) if attention_mask is None else denoiser(tokens, attention_mask=attention_mask)
             nfe += 1
             tokens = self.step(logits, tokens, masked, i, steps, start_mask, generator)
             if trace is not None:

@@ -116,3 +116,26 @@ def test_oracle_accepts_and_ignores_the_mask():
     x = torch.tensor([[0, 5, 2, 5, 5, 1]])
     assert oracle.eos_id is None
     assert torch.equal(oracle(x, attention_mask=torch.tensor([[False] + [True] * 5])), oracle(x))
+
+
+def test_chat_template_wraps_each_question(tmp_path):
+    from distill.data.prompts import PromptsDataModule
+    from tests.hf_fixtures import qa_file, word_tokenizer
+
+    qa = qa_file(tmp_path / "qa.jsonl", rows=8)
+    chat, plain = word_tokenizer(tmp_path / "chat", chat_template=True), word_tokenizer(tmp_path / "plain")
+    kwargs = dict(question_field="q", answer_field="a", prompt_len=12, answer_len=4, checker="exact")
+    data = PromptsDataModule(str(qa), str(tmp_path / "chat"), chat_template=True, **kwargs)
+    question = data.rows[0][0]
+    expected = chat(f"[CLS] {question} [SEP] [CLS]", add_special_tokens=False)["input_ids"]  # user turn, assistant opening
+    prompt = data.tokens[0, : data.prompt_len].tolist()
+    assert prompt[-len(expected):] == expected and set(prompt[: -len(expected)]) <= {chat.pad_token_id}
+    assert data.spec()["chat_template"] is True
+    off = PromptsDataModule(str(qa), str(tmp_path / "chat"), **kwargs)
+    assert "chat_template" not in off.spec()
+    assert off.tokens[0, : off.prompt_len].tolist()[-len(expected) + 3:] == expected[1:-2]  # the bare question
+    mask = data.attention_mask(data.tokens)
+    assert torch.equal(mask[:, : data.prompt_len], data.tokens[:, : data.prompt_len] != chat.pad_token_id)
+    assert plain.chat_template is None
+    with pytest.raises(ValueError, match="has no chat template.*data.chat_template=false"):
+        PromptsDataModule(str(qa), str(tmp_path / "plain"), chat_template=True, **kwargs)

@@ -31,9 +31,11 @@ def build(config: dict) -> nn.Module:
     return REGISTRY[name](**config)
 
 
-def load(path: str | os.PathLike) -> nn.Module:
-    """A ready-to-use student from an export directory (checks the weights' SHA-256)."""
-    return load_student(path, REGISTRY)
+def load(path: str | os.PathLike, trust_remote_code: bool = False) -> nn.Module:
+    """A ready-to-use student from an export directory (checks the weights' SHA-256). An export whose
+    denoiser ships Python code is refused unless `trust_remote_code=True` (the CLI apps take it from
+    `teacher.trust_remote_code`)."""
+    return load_student(path, REGISTRY, trust_remote_code=trust_remote_code)
 
 
 __all__ = ["EntropyThresholdSampler", "FEATURES", "JointHead", "JointHeadSampler", "LearnedSampler", "REGISTRY",

@@ -87,8 +87,24 @@ def read_student_meta(path: str | os.PathLike) -> dict:
                      "the export is corrupt, export it again")
 
 
-def load_student(path: str | os.PathLike, registry: dict[str, Callable[..., nn.Module]]) -> nn.Module:
+def ships_code(path: str | os.PathLike, meta: dict) -> list[str]:
+    """The code an export would run when loaded: Python files under its stored directories (e.g. a
+    LLaDA/Dream denoiser saved with its modeling code) and configs naming their own classes (auto_map)."""
+    path = Path(path)
+    found = [f.relative_to(path).as_posix() for name in (meta.get("files") or {}) for f in sorted((path / name).rglob("*.py"))]
+    for name in meta.get("files") or {}:
+        config = path / name / "config.json"
+        if config.is_file() and "auto_map" in json.loads(config.read_text()):
+            found.append(f"{name}/config.json (auto_map)")
+    return found  # an adapter-only export runs the teacher's code, which the caller loaded itself
+
+
+def load_student(path: str | os.PathLike, registry: dict[str, Callable[..., nn.Module]],
+                 trust_remote_code: bool = False) -> nn.Module:
     """Rebuild an exported student in eval mode; checks the weights' SHA-256 first.
+
+    The SHA-256 digests sit in the export itself, so they detect damage, not tampering: code the
+    export ships (`ships_code`) runs only when the caller passes `trust_remote_code=True`.
 
     The loaded module carries `teacher_ref` (the sampler.json "teacher" entry) so that callers can
     check they pair it with the teacher it was distilled from (`check_teacher`).
@@ -109,6 +125,10 @@ def load_student(path: str | os.PathLike, registry: dict[str, Callable[..., nn.M
         if not (path / name).is_dir() or sha256_dir(path / name) != digest:
             raise ValueError(f"{path / name} is missing or does not match the SHA-256 recorded in sampler.json "
                              "(incomplete or modified); export the student again")
+    code = ships_code(path, meta)
+    if code and not trust_remote_code:
+        raise ValueError(f"the student at {path} ships code its denoiser runs ({', '.join(code[:4])}); read it, then load "
+                         "it with students.load(path, trust_remote_code=True) (CLI: teacher.trust_remote_code=true)")
     try:
         state = load_file(weights_file)
     except SafetensorError as err:

@@ -198,12 +198,14 @@ class JointHeadSampler(Sampler, nn.Module):
         if steps < 1:
             raise ValueError(f"steps (full forwards) must be >= 1, got {steps}")
 
-    def head_pass(self, denoiser: nn.Module, tokens: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """One head pass on the current tokens: (new hidden (B, L, H), logits (B, L, V))."""
+    def head_pass(self, denoiser: nn.Module, tokens: Tensor, hidden: Tensor,
+                  columns: slice = slice(None)) -> tuple[Tensor, Tensor]:
+        """One head pass on the current tokens: (new hidden (B, L, H), logits (B, L', V)) with the LM head
+        applied to `columns` only (training reads the generated span: a full-vocabulary row costs 4 V bytes)."""
         if self.head is None:
             raise ValueError("the head has no parameters yet: call resolve(teacher, seq_len) or load a trained export")
         hidden = self.head(denoiser.embed(tokens), hidden)
-        return hidden, denoiser.lm_head(hidden)
+        return hidden, denoiser.lm_head(hidden[:, columns])
 
     def plan(self, start_mask: Tensor, steps: int | None) -> int:
         """`steps` full forwards, by default ceil(masked / K)."""

@@ -5,8 +5,16 @@
     HFDiffusionLM("Dream-org/Dream-v0-Instruct-7B", trust_remote_code=True, shift_logits=True)
 
 The mask token comes from the tokenizer (or `mask_id`, e.g. LLaDA's 126336, when the tokenizer has
-none). Mask, pad, cls, bos and unk tokens get logit -1e4 so samplers never draw
-them (`suppress_special=False` keeps them). Weights load in `dtype` (bfloat16 on GPU); the module
+none). Only what must never be generated gets logit -1e4: the mask token, the pad token when it is
+not also the end token (LLaDA and Dream pad with their end-of-text id, which must stay drawable so
+answers can end), and ids past the tokenizer (`suppress_special=False` keeps them all). Every other
+logit is left as the model gives it, as the reference decoders leave them: suppressing a token
+renormalises the rest and so changes every confidence. `eos_id` is the tokenizer's end token.
+
+Left-padded prompt batches pass `attention_mask` (B, L) (True: a real token). It reaches the model
+as each reference decoder passes it: LLaDA's generate() and masked LMs get the (B, L) mask; Dream's
+diffusion_generate (`shift_logits=True`) gets a (B, 1, L, L) mask and shifted position ids
+(cumsum(mask) - 1, padding at 1), and only when some position is padding. Weights load in `dtype` (bfloat16 on GPU); the module
 is frozen. Dream predicts token i+1 at position i: `shift_logits=True` moves its logits one place
 right so position i scores token i, as every sampler here expects.
 """
@@ -29,6 +37,14 @@ def _dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"teacher.dtype must be one of {sorted(DTYPES)}, got {name!r}")
     return DTYPES[name]
+
+
+def left_padding_mask(tokens: Tensor, pad_id: int, prompt_len: int) -> Tensor:
+    """(B, L) bool, False on each row's leading run of `pad_id` inside the first `prompt_len` positions:
+    the attention mask of a left-padded prompt batch (pad may equal the end token, so only the leading
+    run counts; a prompt that itself starts with that token loses it, as a tokenizer's own mask would not)."""
+    leading = (tokens[:, :prompt_len] == pad_id).long().cumprod(-1).bool()  # (B, prompt_len)
+    return torch.cat([~leading, torch.ones_like(tokens[:, prompt_len:], dtype=torch.bool)], dim=1)
 
 
 def _mask_id(tokenizer, config, mask_id: int | None, path: str) -> int:
@@ -62,9 +78,11 @@ class _HFDenoiser(nn.Module):
         self.vocab_size = int(model.config.vocab_size)
         self.seq_len = None
         self.shift_logits = shift_logits
-        # never drawn: mask, padding, sequence-start and unknown tokens (end tokens may end an answer)
-        special = {getattr(tokenizer, f"{t}_token_id", None) for t in ("mask", "pad", "cls", "bos", "unk")}
-        special = {i for i in special | {self.mask_id} if i is not None and i < self.vocab_size}
+        self.eos_id = getattr(tokenizer, "eos_token_id", None)
+        # never drawn: the mask token, and padding unless it is also the end token (LLaDA, Dream)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        special = {self.mask_id} | ({pad} if pad is not None and pad != self.eos_id else set())
+        special = {i for i in special if i < self.vocab_size}
         special |= set(range(len(tokenizer), self.vocab_size))  # padded ids no tokenizer can decode
         special = sorted(special)
         self.register_buffer("special_ids", torch.tensor(special if suppress_special else [], dtype=torch.long),
@@ -106,11 +124,24 @@ class _HFDenoiser(nn.Module):
             logits = logits.index_fill(-1, self.special_ids, SUPPRESSED)
         return logits
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self._finish(self.model(input_ids=tokens).logits)
+    def _padding(self, attention_mask: Tensor | None) -> dict:
+        """The model's padding arguments for `attention_mask` (B, L), as its reference decoder passes them."""
+        if attention_mask is None:
+            return {}
+        if not self.shift_logits:  # LLaDA's generate(), masked LMs: the (B, L) mask
+            return {"attention_mask": attention_mask.long()}
+        if bool(attention_mask.all()):  # Dream: "full" attention and default positions when nothing is padding
+            return {}
+        keep = attention_mask.bool()
+        position_ids = (keep.long().cumsum(-1) - 1).masked_fill(~keep, 1)  # (B, L)
+        pairs = keep[:, None, None, :] & keep[:, None, :, None]  # (B, 1, L, L): query and key both real
+        return {"attention_mask": pairs, "position_ids": position_ids}
 
-    def hidden_states(self, tokens: Tensor) -> Tensor:
-        return self.model(input_ids=tokens, output_hidden_states=True).hidden_states[-1]
+    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self._finish(self.model(input_ids=tokens, **self._padding(attention_mask)).logits)
+
+    def hidden_states(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.model(input_ids=tokens, output_hidden_states=True, **self._padding(attention_mask)).hidden_states[-1]
 
     def embed(self, tokens: Tensor) -> Tensor:
         return self.model.get_input_embeddings()(tokens)

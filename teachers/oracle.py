@@ -23,11 +23,13 @@ class OracleDenoiser(nn.Module):
         self.vocab_size = source.vocab_size
         self.mask_id = source.vocab_size
         self.seq_len = source.seq_len
+        self.eos_id = None  # the embedded sources have no end token
 
     def embed(self, tokens: Tensor) -> Tensor:
         return F.one_hot(tokens, self.vocab_size + 1)[..., : self.vocab_size].to(torch.float32)
 
-    def hidden_states(self, tokens: Tensor) -> Tensor:
+    def hidden_states(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """`attention_mask` is accepted for the Denoiser contract and ignored: the source has no padding."""
         revealed = tokens != self.mask_id
         probs = self.source.conditionals(tokens.cpu(), revealed.cpu())
         return probs.clamp_min(1e-30).log().to(device=tokens.device, dtype=torch.float32)
@@ -35,5 +37,5 @@ class OracleDenoiser(nn.Module):
     def lm_head(self, hidden: Tensor) -> Tensor:
         return hidden
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         return self.lm_head(self.hidden_states(tokens))

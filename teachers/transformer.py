@@ -5,6 +5,9 @@ per head on (j - i), which lets the model find the nearest revealed neighbours, 
 learned absolute embeddings (useful when the layout matters, as in `paths`: prompt then answer).
 The token embedding has one extra row for the mask token, `mask_id = vocab_size`; the LM head
 predicts only real tokens.
+
+Left-padded batches pass `attention_mask` (B, L) (True: a real token): padding is dropped from the
+keys, so with the relative bias a row's outputs do not depend on how much padding precedes it.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class TransformerDenoiser(nn.Module):
         dropout: float = 0.0,
         relative_bias: bool = True,
         absolute_positions: bool = False,
+        eos_id: int | None = None,
     ) -> None:
         super().__init__()
         if d_model % n_head:
@@ -67,7 +71,10 @@ class TransformerDenoiser(nn.Module):
             vocab_size=vocab_size, seq_len=seq_len, n_layer=n_layer, n_head=n_head, d_model=d_model,
             mlp_ratio=mlp_ratio, dropout=dropout, relative_bias=relative_bias, absolute_positions=absolute_positions,
         )  # primitive, so it round-trips through JSON and Lightning's hparams
+        if eos_id is not None:  # only when configured, so existing saved configs stay as they are
+            self.config["eos_id"] = eos_id
         self.vocab_size = vocab_size
+        self.eos_id = eos_id  # the end-of-text token, if the vocabulary has one
         self.mask_id = vocab_size
         self.seq_len = seq_len
         self.tok_emb = nn.Embedding(vocab_size + 1, d_model)
@@ -85,12 +92,18 @@ class TransformerDenoiser(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def _attention_bias(self, length: int) -> Tensor | None:
-        if self.rel_bias is None:
-            return None
-        idx = torch.arange(length, device=self.rel_bias.device)
-        offsets = idx[None, :] - idx[:, None] + self.seq_len - 1  # (L, L): j - i, shifted to >= 0
-        return self.rel_bias[:, offsets].unsqueeze(0)  # (1, nh, L, L)
+    def _attention_bias(self, length: int, attention_mask: Tensor | None = None) -> Tensor | None:
+        """Additive attention bias (1 or B, nh or 1, L, L): relative positions, -inf on padded keys."""
+        bias = None
+        if self.rel_bias is not None:
+            idx = torch.arange(length, device=self.rel_bias.device)
+            offsets = idx[None, :] - idx[:, None] + self.seq_len - 1  # (L, L): j - i, shifted to >= 0
+            bias = self.rel_bias[:, offsets].unsqueeze(0)  # (1, nh, L, L)
+        if attention_mask is not None:
+            keys = torch.zeros(attention_mask.shape, dtype=self.head.weight.dtype, device=attention_mask.device)
+            keys = keys.masked_fill(~attention_mask.bool(), float("-inf"))[:, None, None, :]  # (B, 1, 1, L)
+            bias = keys if bias is None else bias + keys  # (B, nh, L, L)
+        return bias
 
     def embed(self, tokens: Tensor) -> Tensor:
         """Token (and absolute position) embeddings (B, L, D)."""
@@ -99,12 +112,16 @@ class TransformerDenoiser(nn.Module):
             x = x + self.pos_emb(torch.arange(tokens.shape[1], device=tokens.device))
         return x
 
-    def hidden_states(self, tokens: Tensor) -> Tensor:
-        """Last layer's normalised hidden states (B, L, D), the input of `lm_head`."""
+    def hidden_states(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Last layer's normalised hidden states (B, L, D), the input of `lm_head`; `attention_mask` (B, L)
+        is False at left padding (None: attend everywhere)."""
         if tokens.shape[1] > self.seq_len:
             raise ValueError(f"sequence length {tokens.shape[1]} exceeds the model's seq_len={self.seq_len}")
+        if attention_mask is not None and attention_mask.shape != tokens.shape:
+            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, tokens {tuple(tokens.shape)}; "
+                             "give one bool per token (True: a real token, False: padding)")
         x = self.embed(tokens)
-        bias = self._attention_bias(tokens.shape[1])
+        bias = self._attention_bias(tokens.shape[1], attention_mask)
         for block in self.blocks:
             x = block(x, bias)
         return self.ln_f(x)
@@ -112,5 +129,5 @@ class TransformerDenoiser(nn.Module):
     def lm_head(self, hidden: Tensor) -> Tensor:
         return self.head(hidden)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        return self.lm_head(self.hidden_states(tokens))
+    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self.lm_head(self.hidden_states(tokens, attention_mask))

@@ -16,10 +16,11 @@ from transformers import PretrainedConfig
 class TinyDiffConfig(PretrainedConfig):
     model_type = "tinydiff"
 
-    def __init__(self, vocab_size=20, hidden_size=16, **kwargs):
+    def __init__(self, vocab_size=20, hidden_size=16, rotary=False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
+        self.rotary = rotary  # rotary positions (as LLaDA and Dream): attention sees only relative positions
 '''
 
 MODEL_CODE = '''
@@ -30,6 +31,24 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
 from .configuration_tinydiff import TinyDiffConfig
+
+
+def rotate(x, positions):
+    """Rotary position embedding of x (B, nh, L, hs) at positions (B, L)."""
+    half = x.shape[-1] // 2
+    freqs = 1.0 / (10000 ** (torch.arange(half, device=x.device, dtype=torch.float32) / half))
+    angles = positions[:, None, :, None].float() * freqs  # (B, 1, L, half)
+    a, b = x[..., :half], x[..., half:]
+    return torch.cat([a * angles.cos() - b * angles.sin(), a * angles.sin() + b * angles.cos()], dim=-1)
+
+
+def attention_mask_for(attention_mask):
+    """SDPA mask from what a caller passes: (B, L) keys to keep, a (B, 1, L, L) bool mask, or None / "full"."""
+    if attention_mask is None or isinstance(attention_mask, str):
+        return None
+    if attention_mask.dim() == 2:
+        return attention_mask.bool()[:, None, None, :]
+    return attention_mask.bool()
 
 
 class TinyDiffLayer(nn.Module):
@@ -43,11 +62,13 @@ class TinyDiffLayer(nn.Module):
         self.v_proj, self.o_proj = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
         self.up_proj, self.down_proj = nn.Linear(hidden, 2 * hidden), nn.Linear(2 * hidden, hidden)
 
-    def forward(self, x):
+    def forward(self, x, mask=None, positions=None):
         B, L, H = x.shape
         y = self.norm1(x)
         q, k, v = (p(y).view(B, L, self.heads, H // self.heads).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        x = x + self.o_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, H))
+        if positions is not None:
+            q, k = rotate(q, positions), rotate(k, positions)
+        x = x + self.o_proj(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(B, L, H))
         return x + self.down_proj(F.gelu(self.up_proj(self.norm2(x))))
 
 
@@ -71,14 +92,25 @@ class TinyDiffModel(PreTrainedModel):
     def get_output_embeddings(self):
         return self.lm_head
 
-    def forward(self, input_ids, output_hidden_states=False, **kwargs):
-        first = self.wte(input_ids) + self.wpe(torch.arange(input_ids.shape[1], device=input_ids.device))
-        last = self.ln_f(self.layer(first))
+    def forward(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False, **kwargs):
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        first = self.wte(input_ids)
+        if not getattr(self.config, "rotary", False):
+            first = first + self.wpe(position_ids)
+        last = self.ln_f(self.layer(first, attention_mask_for(attention_mask),
+                                    position_ids if getattr(self.config, "rotary", False) else None))
         return MaskedLMOutput(logits=self.lm_head(last), hidden_states=(first, last) if output_hidden_states else None)
 '''
 
 
-def word_tokenizer(path: Path, with_mask: bool = True):
+CHAT_TEMPLATE = ("{% for m in messages %}[CLS] {{ m['content'] }} [SEP] {% endfor %}"
+                 "{% if add_generation_prompt %}[CLS] {% endif %}")  # a user turn, then the answer's opening
+
+
+def word_tokenizer(path: Path, with_mask: bool = True, pad_is_eos: bool = False, chat_template: bool = False):
+    """A word-level tokenizer; pad_is_eos: [PAD] is also the end token (as LLaDA's and Dream's pad with
+    their end-of-text id); chat_template: a tiny chat template (user turns, then the answer's opening)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -87,7 +119,10 @@ def word_tokenizer(path: Path, with_mask: bool = True):
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     kwargs = dict(unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs, **({"mask_token": "[MASK]"} if with_mask else {}))
+    kwargs.update({"mask_token": "[MASK]"} if with_mask else {}, **({"eos_token": "[PAD]"} if pad_is_eos else {}))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(path)
     return fast
 
@@ -115,15 +150,20 @@ def tiny_gpt2(path: Path, seed: int = 0) -> Path:
     return path
 
 
-def tiny_diffusion_lm(path: Path, with_mask: bool = True, seed: int = 0) -> Path:
-    """A model with its own code (auto_map), loaded only with trust_remote_code, like LLaDA/Dream."""
+def tiny_diffusion_lm(path: Path, with_mask: bool = True, seed: int = 0, rotary: bool = False,
+                      pad_is_eos: bool = False, chat_template: bool = False) -> Path:
+    """A model with its own code (auto_map), loaded only with trust_remote_code, like LLaDA/Dream.
+
+    rotary: rotary positions instead of learned absolute ones (LLaDA and Dream use rotary positions;
+    a left-padded prompt then gets the completion it gets alone). pad_is_eos, chat_template: see
+    `word_tokenizer`."""
     import importlib.util
     import sys
 
     import torch
 
     path.mkdir(parents=True, exist_ok=True)
-    tokenizer = word_tokenizer(path, with_mask=with_mask)
+    tokenizer = word_tokenizer(path, with_mask=with_mask, pad_is_eos=pad_is_eos, chat_template=chat_template)
     (path / "configuration_tinydiff.py").write_text(CONFIG_CODE)
     (path / "modeling_tinydiff.py").write_text(MODEL_CODE)
     package = f"tinydiff_{abs(hash(str(path)))}"
@@ -138,7 +178,7 @@ def tiny_diffusion_lm(path: Path, with_mask: bool = True, seed: int = 0) -> Path
     sys.modules[spec.name] = model_mod
     spec.loader.exec_module(model_mod)
     torch.manual_seed(seed)
-    model = model_mod.TinyDiffModel(config_mod.TinyDiffConfig(vocab_size=len(tokenizer), hidden_size=16))
+    model = model_mod.TinyDiffModel(config_mod.TinyDiffConfig(vocab_size=len(tokenizer), hidden_size=16, rotary=rotary))
     model.save_pretrained(path)
     config = json.loads((path / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "configuration_tinydiff.TinyDiffConfig", "AutoModel": "modeling_tinydiff.TinyDiffModel"}

@@ -123,7 +123,10 @@ def test_certainty_trains_exports_loads_and_evaluates(hf, tmp_path, name, varian
         assert not any("lora" in k for k in load_file(export_dir / "denoiser" / "model.safetensors"))
         n_teacher = sum(p.numel() for p in teacher.parameters())
         assert (trainable == n_teacher) == (variant == "full")
-    student = students.load(export_dir)
+    if name == "diff" and variant != "lora_adapter":  # its denoiser/ holds the model's own code
+        with pytest.raises(ValueError, match="ships code.*trust_remote_code=True"):
+            students.load(export_dir)
+    student = students.load(export_dir, trust_remote_code=name == "diff")
     data = PromptsDataModule(str(hf["qa"]), str(hf[name]), question_field="q", answer_field="a", prompt_len=8,
                              answer_len=4, checker="exact", trust_remote_code=name == "diff")
     students.check_teacher(student.teacher_ref, teacher, data.spec())
@@ -160,7 +163,11 @@ def test_lora_merged_export_gives_the_adapter_models_logits(hf, tmp_path, name, 
     x[:, 1::2] = teacher.mask_id
     with torch.no_grad():
         expected = student.denoiser(x)
-        merged, adapter = students.load(tmp_path / "merged"), students.load(tmp_path / "adapter")
+        if name == "diff":  # the merged denoiser ships LLaDA/Dream-style code; the adapter runs the teacher's
+            with pytest.raises(ValueError, match=r"ships code its denoiser runs \(denoiser/.*\.py.*trust_remote_code=True"):
+                students.load(tmp_path / "merged")
+        merged = students.load(tmp_path / "merged", trust_remote_code=name == "diff")
+        adapter = students.load(tmp_path / "adapter")
         assert (expected - teacher(x)).abs().max() > 1e-3  # the adapter matters
         assert torch.allclose(merged.denoiser(x), expected, atol=1e-5)
         assert torch.allclose(adapter.network(teacher)(x), expected, atol=1e-5)
@@ -170,7 +177,7 @@ def test_lora_merged_export_gives_the_adapter_models_logits(hf, tmp_path, name, 
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.nfe_per_row, b.nfe_per_row)
     (tmp_path / "merged" / "denoiser" / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="does not match the SHA-256"):
-        students.load(tmp_path / "merged")
+        students.load(tmp_path / "merged", trust_remote_code=True)
 
 
 def test_full_weight_copy_trains_apart_from_the_teacher(hf):

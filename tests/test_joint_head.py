@@ -216,3 +216,41 @@ def test_train_and_eval_apps_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((tmp_path / "eval" / "metrics.json").read_text())["rows"][0]
     assert (row["steps"], row["nfe"], row["head_passes"], row["tokens_per_forward"]) == (2, 2, 8, 4)
+
+
+class ShiftedTransformer(TransformerDenoiser):
+    """The tiny transformer with Dream's logit shift (column i scores from hidden i - 1)."""
+
+    shift_logits = True
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = super().lm_head(hidden)
+        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
+@pytest.mark.parametrize("shift", [False, True], ids=["plain", "shifted"])
+def test_prompted_loss_reads_only_the_answer_columns_with_the_same_value(shift):
+    """The trajectory keeps hidden states and the LM head runs on the answer columns (one more on the left for a
+    shifting model); the loss equals forward KL on full-width teacher logits, recomputed here by hand."""
+    from distill.objectives.joint_head import generated_columns, teacher_trajectory
+
+    torch.manual_seed(0)
+    teacher = (ShiftedTransformer if shift else TransformerDenoiser)(6, 8, n_layer=1, n_head=2, d_model=16).eval()
+    objective = objective_for(teacher, tokens_per_forward=2)
+    randomised(objective.student)
+    tokens = torch.randint(0, 6, (4, 8), generator=torch.Generator().manual_seed(3))
+    answer = (torch.arange(8) >= 3)[None].expand(4, 8)
+    loss, _ = objective.loss({"tokens": tokens, "answer_mask": answer}, torch.Generator().manual_seed(0))
+    canvas = torch.where(answer, teacher.mask_id, tokens)
+    assert generated_columns(teacher, canvas) == slice(2 if shift else 3, None)
+    path = teacher_trajectory(teacher, canvas, objective.student.rule, torch.Generator().manual_seed(0))
+    assert set(path) == {"states", "hidden"}  # no full-vocabulary logits kept
+    kl, n = 0.0, 0
+    for start in range(0, 5, 2):  # chunks of K = 2 over T = 5 states, head unrolled by hand on full width
+        hidden = path["hidden"][start]
+        for s in range(start, min(start + 2, 5)):
+            hidden = objective.student.head(teacher.embed(path["states"][s]), hidden)
+            masked = path["states"][s] == teacher.mask_id
+            kl = kl + (forward_kl(teacher.lm_head(path["hidden"][s]), teacher.lm_head(hidden)) * masked).sum()
+            n += int(masked.sum())
+    assert torch.allclose(loss, kl / n, atol=1e-6) and loss > 0

@@ -4,7 +4,10 @@ answer span is generated, and a checker scores the decoded answer against the re
     data=prompts_json data.file=train.jsonl data.question_field=question data.answer_field=answer
 
 Rows are laid out as [prompt (left-padded with the pad token to prompt_len) | answer (filled up
-to answer_len with the end token: eos, else sep)]; answer_mask marks the answer span.
+to answer_len with the end token: eos, else sep)]; answer_mask marks the answer span. The left
+padding is not attended to: `attention_mask(tokens)` is False there (decoding and evaluation
+pass it to the denoiser). With `chat_template=True` a question is the user turn of the tokenizer's chat template,
+followed by the assistant's opening (add_generation_prompt), as Instruct models are run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from distill.evaluation.benchmarks import PromptBenchmark
 from distill.data.sources import check_sizes
 from distill.data.streams import shuffled_batches, train_loader
 from distill.data.text import load_tokenizer
+from teachers.hf import left_padding_mask
 
 NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
 
@@ -61,11 +65,14 @@ class PromptsDataModule(L.LightningDataModule):
         checker: "last_number" (GSM8K) or "exact".
         val_fraction: rows held out for evaluation (never trained on).
         trust_remote_code: passed to the tokenizer (LLaDA/Dream ship code; default ${teacher.trust_remote_code}).
+        chat_template: apply the tokenizer's chat template to each question (a user message, then the
+            generation prompt); for Instruct models (default true in the llada_* / dream_* experiments).
     """
 
     def __init__(self, file: str, tokenizer: str, question_field: str = "question", answer_field: str = "answer",
                  prompt_len: int = 64, answer_len: int = 64, checker: str = "last_number", batch_size: int = 8,
-                 val_fraction: float = 0.1, seed: int = 0, trust_remote_code: bool = False) -> None:
+                 val_fraction: float = 0.1, seed: int = 0, trust_remote_code: bool = False,
+                 chat_template: bool = False) -> None:
         super().__init__()
         if checker not in CHECKERS:
             raise ValueError(f"data.checker must be one of {sorted(CHECKERS)}, got {checker!r}")
@@ -75,6 +82,10 @@ class PromptsDataModule(L.LightningDataModule):
         self.tokenizer = load_tokenizer(tokenizer, trust_remote_code)
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer at {tokenizer} has no pad token, needed to pad prompts and answers")
+        if chat_template and not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"data.chat_template=true, but the tokenizer at {tokenizer} has no chat template; set "
+                             "data.chat_template=false (base models) or use the Instruct model's tokenizer")
+        self.chat_template = chat_template
         self.question_field, self.answer_field, self.checker = question_field, answer_field, checker
         self.prompt_len, self.answer_len, self.batch_size, self.seed = prompt_len, answer_len, batch_size, seed
         self.val_fraction = val_fraction
@@ -89,10 +100,21 @@ class PromptsDataModule(L.LightningDataModule):
 
     def _layout(self, question: str, answer: str) -> Tensor:
         pad, end = self.tokenizer.pad_token_id, self.end_id
-        q = self.tokenizer(question, add_special_tokens=False)["input_ids"][-self.prompt_len:]
+        q = self.tokenizer(self.prompt_text(question), add_special_tokens=False)["input_ids"][-self.prompt_len:]
         a = self.tokenizer(answer, add_special_tokens=False)["input_ids"][: self.answer_len]
         # answers end with end tokens (as LLaDA/Dream pad theirs with EOS), which samplers may draw
         return torch.tensor([pad] * (self.prompt_len - len(q)) + q + a + [end] * (self.answer_len - len(a)))
+
+    def prompt_text(self, question: str) -> str:
+        """The text a question is tokenized as: itself, or the chat template's user turn and assistant opening."""
+        if not self.chat_template:
+            return question
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                                  tokenize=False)
+
+    def attention_mask(self, tokens: Tensor) -> Tensor:
+        """(B, L) bool: False on the left padding of each row's prompt (what the denoiser must not attend to)."""
+        return left_padding_mask(tokens, self.tokenizer.pad_token_id, self.prompt_len)
 
     @property
     def vocab_size(self) -> int:
@@ -127,8 +149,9 @@ class PromptsDataModule(L.LightningDataModule):
         return self.prompt_len + self.answer_len
 
     def spec(self) -> dict:
-        return {"kind": "prompts", "file": self.file, "tokenizer": self.tokenizer_path, "prompt_len": self.prompt_len,
+        spec = {"kind": "prompts", "file": self.file, "tokenizer": self.tokenizer_path, "prompt_len": self.prompt_len,
                 "answer_len": self.answer_len, "question_field": self.question_field, "answer_field": self.answer_field}
+        return {**spec, "chat_template": True} if self.chat_template else spec  # older exports lack the key
 
     def train_dataloader(self) -> DataLoader:
         return train_loader(self, shuffled_batches(self.tokens[self.train_index], self.seed), self.answer_mask,

@@ -39,9 +39,13 @@ FORMAT = "fewstep-self-generated-prompts/1"
 
 @torch.no_grad()
 def decode_rows(teacher: nn.Module, canvases: Tensor, sampler, steps: int, batch_size: int,
-                device: torch.device | str = "cpu") -> Tensor:
-    """The teacher's completions (K, L) of `canvases` (answer span = mask id), `batch_size` rows at a time."""
-    outputs = [sampler.sample(teacher, steps, prompt=chunk.to(device)).tokens.cpu() for chunk in canvases.split(batch_size)]
+                device: torch.device | str = "cpu", attention_mask: Tensor | None = None) -> Tensor:
+    """The teacher's completions (K, L) of `canvases` (answer span = mask id), `batch_size` rows at a time;
+    `attention_mask` (K, L) marks the prompts' left padding (False), which the teacher must not attend to."""
+    masks = attention_mask.split(batch_size) if attention_mask is not None else [None] * len(canvases.split(batch_size))
+    outputs = [sampler.sample(teacher, steps, prompt=chunk.to(device),
+                              attention_mask=None if mask is None else mask.to(device)).tokens.cpu()
+               for chunk, mask in zip(canvases.split(batch_size), masks)]
     return torch.cat(outputs) if outputs else canvases.clone()
 
 
@@ -123,8 +127,9 @@ class SelfGeneratedPromptsDataModule(PromptsDataModule):
         start = time.perf_counter()
         data, counts = {}, {}
         for name, index in (("train", self.fit_index), ("validation", self.select_index)):
-            tokens = decode_rows(teacher, self.canvases(index, teacher.mask_id), self.sampler, self.answer_len,
-                                 self.decode_batch_size, device)
+            canvases = self.canvases(index, teacher.mask_id)
+            tokens = decode_rows(teacher, canvases, self.sampler, self.answer_len, self.decode_batch_size, device,
+                                 self.attention_mask(canvases))
             ok = self.check(tokens)
             data[name] = Dataset.from_dict({"row": index[ok].tolist(), "tokens": tokens[ok].tolist()})
             counts[name] = {"prompts": len(index), "kept": int(ok.sum()), "rejected": int((~ok).sum())}

@@ -13,6 +13,7 @@ from distill.evaluation.metrics import (
     AccuracyMetric, AnswerAccuracyMetric, DistinctAnswersMetric, EntropyMetric, GenNLLMetric, GenPPLMetric,
     LowProbRateMetric, PairKLMetric,
 )
+from teachers.hf import left_padding_mask
 from teachers.sources.hmm import HiddenMarkovSource
 from teachers.sources.paths import PROMPT_LEN, PathsTask
 
@@ -143,6 +144,10 @@ class PromptBenchmark:
         rows = self.held_out[torch.arange(num) % len(self.held_out)].clone()
         rows[:, self.prompt_len:] = mask_id
         return rows
+
+    def attention_mask(self, canvases: Tensor) -> Tensor:
+        """(B, L) bool: False on each prompt's left padding; samplers pass it to the denoiser."""
+        return left_padding_mask(canvases, self.tokenizer.pad_token_id, self.prompt_len)
 
     def true_samples(self, canvases: Tensor, generator: torch.Generator) -> Tensor:
         lookup = {tuple(t[: self.prompt_len].tolist()): t for t in self.held_out}

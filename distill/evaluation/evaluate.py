@@ -69,7 +69,8 @@ def evaluate_sampler(
     outputs, nfe_per_row, wall, head_passes = [], [], 0.0, None
     for chunk in tqdm(canvases.split(batch_size), desc=f"{sampler_name} steps={steps}", leave=False):
         start = time.perf_counter()
-        out = sampler.sample(denoiser, steps, prompt=chunk, generator=generator)
+        padding = {"attention_mask": benchmark.attention_mask(chunk)} if hasattr(benchmark, "attention_mask") else {}
+        out = sampler.sample(denoiser, steps, prompt=chunk, generator=generator, **padding)  # prompts: left padding
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # GPU work is asynchronous: time it to completion
         wall += time.perf_counter() - start

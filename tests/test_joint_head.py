@@ -19,6 +19,7 @@ import students
 from distill.apps.cli import CONF_DIR
 from distill.data.sources import SourceDataModule
 from distill.objectives.joint_head import JointHeadObjective
+from distill.objectives.losses import forward_kl
 from students import JointHeadSampler
 from students.joint_head import JointHead
 from teachers import ConfidenceSampler, HiddenMarkovSource, OracleDenoiser, SourceConfig, TransformerDenoiser, save_teacher

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from distill.evaluation.leaderboard_report import verdicts

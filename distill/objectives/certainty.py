@@ -238,13 +238,7 @@ class CertaintyObjective(StudentObjective):
                           "state_reference": reference, "tolerance": self.tolerance, "rows": rows,
                           "chosen": best["threshold"], "within_tolerance": within,
                           "checkpoints": self.checkpoints or None, "kept_step": self.kept_step}
-        on = f"{prompts} validation prompts" + (f" and {len(states[0])} mid-answer states" if states else "")
-        print(f"threshold chosen on {on}: {best['threshold']:g} "
-              f"({'within' if within else 'NOT within'} {self.tolerance:g} of the teacher's accuracy"
-              + (f" and of the student's state accuracy at its smallest threshold, {reference:.4f}" if states else "")
-              + ")")
-        print(markdown_table(rows, ["sampler", "threshold", "accuracy", "nfe"]
-                             + (["state_accuracy", "state_nfe"] if states else [])))
+        print_choice(self.selection)
         return self.selection
 
     def exported_student(self) -> nn.Module:

@@ -14,9 +14,7 @@ from torch import Tensor, nn
 
 from students.entropy_threshold import EntropyThresholdSampler
 from teachers import EBSampler, HiddenMarkovSource, OracleDenoiser, SourceConfig, ThresholdSampler
-from teachers.samplers.adaptive import entropy
-from teachers.samplers.eb import entropy_bounded_set
-from teachers.samplers.threshold import certainty, threshold_set
+from teachers.samplers.selection import certainty, entropy, entropy_bounded_set, threshold_set
 from tests.conftest import all_sequences
 
 SAMPLERS = [EBSampler(gamma=2.5), ThresholdSampler(tau=0.3), ThresholdSampler(tau=1.2, rule="entropy"),
@@ -192,12 +190,10 @@ def test_bad_options_name_the_valid_ones():
 def test_certainty_student_takes_the_confidence_rule_and_keeps_its_default():
     logits = torch.log(torch.tensor([[[0.9, 0.1], [0.6, 0.4], [0.5, 0.5]]]))  # entropies 0.325, 0.673, 0.693
     masked = torch.ones(1, 3, dtype=torch.bool)
-    block = torch.zeros(1, 3, dtype=torch.long)
-    tokens = torch.full((1, 3), 2)
-    default = EntropyThresholdSampler(threshold=0.68, temperature=0).step(logits, tokens, masked, block, None)
-    assert (default != 2).tolist() == [[True, True, False]]  # entropy < threshold
+    default = EntropyThresholdSampler(threshold=0.68, temperature=0).select(logits, masked)
+    assert default.tolist() == [[True, True, False]]  # entropy < threshold
     confident = EntropyThresholdSampler(threshold=0.6, temperature=0, rule="confidence")
-    assert (confident.step(logits, tokens, masked, block, None) != 2).tolist() == [[True, True, False]]
+    assert confident.select(logits, masked).tolist() == [[True, True, False]]
     assert confident.config["rule"] == "confidence"
 
 

@@ -19,7 +19,7 @@ from students.lora import adapter_state, check_lora, load_adapter_state
 from students.own_denoiser import (attach_lora, copy_denoiser, denoiser_spec, is_hf_spec, lora_network,
                                    merged_denoiser)
 from teachers.samplers.base import AdaptiveSampler
-from teachers.samplers.selection import certainty, threshold_set
+from teachers.samplers.selection import RULES, certainty, threshold_set
 from teachers.transformer import TransformerDenoiser
 
 
@@ -28,7 +28,7 @@ class EntropyThresholdSampler(AdaptiveSampler, nn.Module):
         threshold: entropy (nats) below which a masked position of the current block is committed
             (rule "entropy"), or the largest class probability at or above which it is (rule
             "confidence", Fast-dLLM's rule).
-        block_size: positions per semi-autoregressive block.
+        block_size: positions per semi-autoregressive block (None: the whole answer is one block).
         temperature: 0 commits the argmax token; > 0 draws from softmax(logits / temperature)
             (the entropy that decides *where* to commit is always that of softmax(logits)).
         eos_id: end token; committing it fills every masked position after it with it (the answer
@@ -48,7 +48,7 @@ class EntropyThresholdSampler(AdaptiveSampler, nn.Module):
     def __init__(
         self,
         threshold: float = 0.05,
-        block_size: int = 32,
+        block_size: int | None = 32,
         temperature: float = 0.0,
         eos_id: int | None = None,
         denoiser: dict | None = None,
@@ -58,17 +58,13 @@ class EntropyThresholdSampler(AdaptiveSampler, nn.Module):
         eos_fill: bool = False,
     ) -> None:
         nn.Module.__init__(self)
+        AdaptiveSampler.__init__(self, temperature, block_size, eos_fill=eos_fill)  # checks temperature, block_size
         if threshold < 0:
             raise ValueError(f"threshold must be >= 0 (nats), got {threshold}")
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = argmax), got {temperature}")
-        if rule not in ("entropy", "confidence"):
-            raise ValueError(f"rule must be one of ('entropy', 'confidence'), got {rule!r}")
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
         if adapter_only and (lora is None or denoiser is None):
             raise ValueError("adapter_only needs both the denoiser architecture and the lora settings")
-        AdaptiveSampler.__init__(self, temperature, int(block_size), eos_fill=eos_fill)
         self.threshold = float(threshold)
         self.eos_id = eos_id
         self.denoiser_config = dict(denoiser) if denoiser is not None else None

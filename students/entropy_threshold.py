@@ -13,39 +13,28 @@ from __future__ import annotations
 
 import os
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from students.lora import adapter_state, check_lora, load_adapter_state
 from students.own_denoiser import (attach_lora, copy_denoiser, denoiser_spec, is_hf_spec, lora_network,
                                    merged_denoiser)
-from teachers.samplers.base import Sampler, draw_tokens
+from teachers.samplers.base import AdaptiveSampler
+from teachers.samplers.selection import RULES, certainty, threshold_set
 from teachers.transformer import TransformerDenoiser
 
 
-def tempered_entropy(logits: Tensor, tau: float = 1.0) -> Tensor:
-    """Entropy (nats) of softmax(logits / tau) over the last dimension, in float32: (...)."""
-    log_p = F.log_softmax(logits.float() / tau, dim=-1)
-    return -(log_p.exp() * log_p).sum(-1)
-
-
-def block_index(start_mask: Tensor, block_size: int) -> Tensor:
-    """(B, L) block of each position of the masked span (counted within the span; others get -1)."""
-    rank = start_mask.long().cumsum(-1) - 1
-    return torch.where(start_mask, rank // block_size, -1)
-
-
-class EntropyThresholdSampler(Sampler, nn.Module):
+class EntropyThresholdSampler(AdaptiveSampler, nn.Module):
     """Args:
         threshold: entropy (nats) below which a masked position of the current block is committed
             (rule "entropy"), or the largest class probability at or above which it is (rule
             "confidence", Fast-dLLM's rule).
-        block_size: positions per semi-autoregressive block.
+        block_size: positions per semi-autoregressive block (None: the whole answer is one block).
         temperature: 0 commits the argmax token; > 0 draws from softmax(logits / temperature)
             (the entropy that decides *where* to commit is always that of softmax(logits)).
         eos_id: end token; committing it fills every masked position after it with it (the answer
             stops there). None: no end token (fixed-length answers, as in `paths`).
+        eos_fill: with no `eos_id`, the same filling with the denoiser's end token (`denoiser.eos_id`);
+            off, the model decides every position.
         denoiser: the sampler's own denoiser: a TransformerDenoiser config, or a transformers adapter
             spec (its weights live in the export's `denoiser/` directory, see students/own_denoiser.py),
             or None to decode with the denoiser passed to `sample` (e.g. the undistilled teacher).
@@ -55,33 +44,28 @@ class EntropyThresholdSampler(Sampler, nn.Module):
     """
 
     name = "entropy_threshold"
-    adaptive = True  # each row stops when it has nothing left; the loop calls the denoiser on unfinished rows
 
     def __init__(
         self,
         threshold: float = 0.05,
-        block_size: int = 32,
+        block_size: int | None = 32,
         temperature: float = 0.0,
         eos_id: int | None = None,
         denoiser: dict | None = None,
         lora: dict | None = None,
         adapter_only: bool = False,
         rule: str = "entropy",
+        eos_fill: bool = False,
     ) -> None:
-        super().__init__()
+        nn.Module.__init__(self)
+        AdaptiveSampler.__init__(self, temperature, block_size, eos_fill=eos_fill)  # checks temperature, block_size
         if threshold < 0:
             raise ValueError(f"threshold must be >= 0 (nats), got {threshold}")
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = argmax), got {temperature}")
-        if rule not in ("entropy", "confidence"):
-            raise ValueError(f"rule must be one of ('entropy', 'confidence'), got {rule!r}")
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
         if adapter_only and (lora is None or denoiser is None):
             raise ValueError("adapter_only needs both the denoiser architecture and the lora settings")
         self.threshold = float(threshold)
-        self.block_size = int(block_size)
-        self.temperature = float(temperature)
         self.eos_id = eos_id
         self.denoiser_config = dict(denoiser) if denoiser is not None else None
         self.lora = check_lora(dict(lora)) if lora is not None else None
@@ -97,7 +81,7 @@ class EntropyThresholdSampler(Sampler, nn.Module):
     def config(self) -> dict:
         return {"threshold": self.threshold, "block_size": self.block_size, "temperature": self.temperature,
                 "eos_id": self.eos_id, "denoiser": self.denoiser_config, "lora": self.lora,
-                "adapter_only": self.adapter_only, "rule": self.rule}
+                "adapter_only": self.adapter_only, "rule": self.rule, "eos_fill": self.eos_fill}
 
     # --- the student's own denoiser ------------------------------------------------------------
     def init_denoiser(self, teacher: nn.Module) -> None:
@@ -131,7 +115,7 @@ class EntropyThresholdSampler(Sampler, nn.Module):
         if self.denoiser is None:
             raise ValueError("nothing to merge: this sampler has no denoiser of its own (bind it with sample() first)")
         out = EntropyThresholdSampler(self.threshold, self.block_size, self.temperature, self.eos_id,
-                                      denoiser=self.denoiser_config, rule=self.rule)
+                                      denoiser=self.denoiser_config, rule=self.rule, eos_fill=self.eos_fill)
         plain = merged_denoiser(self.denoiser) if self.lora else self.denoiser
         if is_hf_spec(self.denoiser_config):
             out.denoiser = plain
@@ -145,7 +129,7 @@ class EntropyThresholdSampler(Sampler, nn.Module):
             raise ValueError("adapter-only export needs a LoRA student (student.lora set) that has a denoiser")
         out = EntropyThresholdSampler(self.threshold, self.block_size, self.temperature, self.eos_id,
                                       denoiser=self.denoiser_config, lora=self.lora, adapter_only=True,
-                                      rule=self.rule)
+                                      rule=self.rule, eos_fill=self.eos_fill)
         state = adapter_state(lora_network(self.denoiser))
         out.adapter_tensors = {k: v.detach().cpu().clone() for k, v in state.items()}
         return out
@@ -180,10 +164,6 @@ class EntropyThresholdSampler(Sampler, nn.Module):
             self.denoiser = load_hf_denoiser(os.path.join(path, "denoiser"), self.denoiser_config)
 
     # --- decoding ------------------------------------------------------------------------------
-    def default_steps(self, generated: int) -> list[int]:
-        """The step count is adaptive; `generated` (one token per step) is its upper bound."""
-        return [generated]
-
     def plan(self, start_mask: Tensor, steps: int | None) -> int:
         """steps: an upper bound (None, or at least the number of masked positions): the decoder picks
         its own step count, at most one step per masked position."""
@@ -197,23 +177,10 @@ class EntropyThresholdSampler(Sampler, nn.Module):
         """This student's own end token (`eos_id`) always ends an answer; else `eos_fill` with the denoiser's."""
         return self.eos_id if self.eos_id is not None else super().fill_id(denoiser)
 
-    def step(self, logits: Tensor, tokens: Tensor, masked: Tensor, i: int, steps: int, start_mask: Tensor,
-             generator: torch.Generator | None) -> Tensor:
-        """One decoding step on rows that still have masked positions: (B, L) tokens after it."""
-        block = block_index(start_mask, self.block_size)
-        if self.rule == "entropy":
-            doubt = tempered_entropy(logits)  # (B, L)
-            passes = doubt < self.threshold
-        else:  # Fast-dLLM: the largest probability at or above the threshold
-            doubt = -torch.softmax(logits.float(), dim=-1).amax(-1)  # (B, L)
-            passes = -doubt >= self.threshold
-        current = block.masked_fill(~masked, block.shape[1]).amin(-1, keepdim=True)  # each row's active block
-        in_block = masked & (block == current)
-        commit = in_block & passes
-        most_certain = doubt.masked_fill(~in_block, float("inf")).argmin(-1)  # (B,)
-        commit[torch.arange(len(commit), device=commit.device), most_certain] = True  # progress
-        draws = draw_tokens(logits, self.temperature, generator)
-        return torch.where(commit, draws, tokens)
+    def select(self, logits: Tensor, candidates: Tensor) -> Tensor:
+        """Commit the candidates below the entropy threshold (strictly) or at or above the confidence one."""
+        sure = certainty(logits, self.rule)  # (B, L), on softmax(logits) whatever the temperature
+        return threshold_set(sure, candidates, self.threshold, self.rule, strict=self.rule == "entropy")
 
     def describe(self, num_masked: int) -> str:
         own = "none (decodes the denoiser it is given)" if self.denoiser_config is None else (

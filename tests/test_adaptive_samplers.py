@@ -14,9 +14,7 @@ from torch import Tensor, nn
 
 from students.entropy_threshold import EntropyThresholdSampler
 from teachers import EBSampler, HiddenMarkovSource, OracleDenoiser, SourceConfig, ThresholdSampler
-from teachers.samplers.adaptive import entropy
-from teachers.samplers.eb import entropy_bounded_set
-from teachers.samplers.threshold import certainty, threshold_set
+from teachers.samplers.selection import certainty, entropy, entropy_bounded_set, threshold_set
 from tests.conftest import all_sequences
 
 SAMPLERS = [EBSampler(gamma=2.5), ThresholdSampler(tau=0.3), ThresholdSampler(tau=1.2, rule="entropy"),
@@ -192,12 +190,10 @@ def test_bad_options_name_the_valid_ones():
 def test_certainty_student_takes_the_confidence_rule_and_keeps_its_default():
     logits = torch.log(torch.tensor([[[0.9, 0.1], [0.6, 0.4], [0.5, 0.5]]]))  # entropies 0.325, 0.673, 0.693
     masked = torch.ones(1, 3, dtype=torch.bool)
-    block = torch.zeros(1, 3, dtype=torch.long)
-    tokens = torch.full((1, 3), 2)
-    default = EntropyThresholdSampler(threshold=0.68, temperature=0).step(logits, tokens, masked, block, None)
-    assert (default != 2).tolist() == [[True, True, False]]  # entropy < threshold
+    default = EntropyThresholdSampler(threshold=0.68, temperature=0).select(logits, masked)
+    assert default.tolist() == [[True, True, False]]  # entropy < threshold
     confident = EntropyThresholdSampler(threshold=0.6, temperature=0, rule="confidence")
-    assert (confident.step(logits, tokens, masked, block, None) != 2).tolist() == [[True, True, False]]
+    assert confident.select(logits, masked).tolist() == [[True, True, False]]
     assert confident.config["rule"] == "confidence"
 
 
@@ -229,3 +225,35 @@ def test_fewstep_eval_records_nfe_per_row(tmp_path):
     assert row["sampler"] == "eb" and row["steps"] == 8 and per_row.shape == (60,)
     assert row["nfe"] == pytest.approx(per_row.mean().item()) and row["nfe"] < 8
     assert ((1 <= per_row) & (per_row <= 8)).all() and len(set(per_row.tolist())) > 1
+
+
+def test_entropy_rule_of_the_certainty_student_is_strict():
+    sure = -torch.tensor([[0.5, 0.25, 0.75]])  # minus the entropies
+    candidates = torch.ones(1, 3, dtype=torch.bool)
+    assert threshold_set(sure, candidates, 0.5, "entropy").tolist() == [[True, True, False]]
+    assert threshold_set(sure, candidates, 0.5, "entropy", strict=True).tolist() == [[False, True, False]]
+    assert threshold_set(sure, candidates, 0.2, "entropy", strict=True).tolist() == [[False, True, False]]  # the best
+
+
+def test_certainty_student_eos_fill_uses_the_denoisers_end_token_and_is_saved(tmp_path):
+    import students
+
+    neg = -1e4
+    logits = torch.zeros(8, 5)
+    logits[:, 4] = neg  # end token 4 unlikely (entropy ln 4 elsewhere)...
+    logits[2] = torch.tensor([neg, neg, neg, neg, 0.0])  # ...except at position 2, where it is certain
+    prompt = torch.full((1, 8), 5)
+    prompt[0, 0] = 1
+    on = EntropyThresholdSampler(threshold=0.1, eos_fill=True).sample(FixedDenoiser(logits, eos_id=4), prompt=prompt)
+    assert on.tokens[0, 2:].tolist() == [4] * 6 and on.nfe == 2  # step 1: position 2, filled to the end; step 2: 1
+    off = EntropyThresholdSampler(threshold=0.1).sample(FixedDenoiser(logits, eos_id=4), prompt=prompt)
+    assert off.nfe == 7 and off.tokens[0, 3:].tolist() == [0] * 5  # the model decides: argmax 0, one per step
+    own = EntropyThresholdSampler(threshold=0.1, eos_id=4).sample(FixedDenoiser(logits), prompt=prompt)
+    assert torch.equal(own.tokens, on.tokens) and own.nfe == 2  # its own end token always fills
+    with pytest.raises(ValueError, match="eos_fill=true needs a denoiser with an end token"):
+        EntropyThresholdSampler(eos_fill=True).sample(FixedDenoiser(logits), prompt=prompt)
+    student = EntropyThresholdSampler(threshold=0.1, eos_fill=True,
+                                      denoiser={"vocab_size": 5, "seq_len": 8, "n_layer": 1, "d_model": 8, "n_head": 2})
+    assert student.config["eos_fill"] is True and EntropyThresholdSampler(**student.config).eos_fill
+    students.save_student(student, tmp_path / "student", teacher={"kind": "oracle"})
+    assert students.load(tmp_path / "student").eos_fill is True

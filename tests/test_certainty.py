@@ -19,8 +19,9 @@ from distill.objectives.certainty import complementary_masks
 from distill.data.sources import PathsDataModule
 from distill.data.self_generated import (SelfGeneratedDataModule, complete_prefixes, generate, load_or_generate,
                                     to_tokens)
-from students.entropy_threshold import EntropyThresholdSampler, tempered_entropy
+from students.entropy_threshold import EntropyThresholdSampler
 from teachers import BlockwiseSampler, TransformerDenoiser, save_teacher
+from teachers.samplers.selection import entropy as tempered_entropy
 from teachers.sources.paths import PROMPT_LEN
 
 

@@ -31,8 +31,8 @@ from distill.evaluation.threshold_choice import (choose_threshold, print_choice,
                                                  state_reference, sweep_thresholds)
 from distill.objectives.base import StudentObjective
 from distill.objectives.losses import certainty_loss
-from students.entropy_threshold import block_index
 from students.lora import count_trainable
+from teachers.samplers.selection import span_blocks as block_index
 
 SELECTION_METRIC = "val/selection_nfe"  # the chosen threshold's NFE on validation; inf when out of tolerance
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from students.entropy_threshold import tempered_entropy
+from teachers.samplers.selection import entropy as tempered_entropy
 
 
 def masked_ce(logits: Tensor, tokens: Tensor, noise_mask: Tensor, weight: Tensor | None = None) -> Tensor:

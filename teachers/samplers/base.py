@@ -3,8 +3,15 @@
 diffusers' scheduler contract is the model: the loop (`Sampler.sample`) owns the canvas, the
 prompt, the attention mask, the generator, NFE counting, the trace and `eos_fill`; a sampler owns
 "which positions, which tokens" in a small `step(logits, tokens, masked, i, steps, start_mask,
-generator)`. The reference samplers (`MaskedSampler`) go one step further: they only rank masked
-positions (`scores`); the step-count grid comes from `schedule`:
+generator)`. Two kinds plug into it:
+
+`AdaptiveSampler` (EB-sampler, threshold decoding, the certainty student): each step commits as many
+positions as its selection rule (`select`, from selection.py) accepts, so rows finish after different
+numbers of steps; the loop runs the denoiser on the unfinished rows only and counts passes per row.
+`steps` is a per-row budget: the loop's last step commits whatever a row still has masked.
+
+`MaskedSampler` (the reference samplers) only ranks masked positions (`scores`); the step-count
+grid comes from `schedule`:
 
   even   n/T per step, spread evenly over all masked positions (`reveal_counts`);
   llada  LLaDA's `generate()`: steps split evenly over the blocks (steps must be a multiple of the
@@ -23,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from teachers.samplers.selection import current_block, span_blocks
 
 SCHEDULES = ("even", "llada", "dream")
 DREAM_EPS = 1e-3  # Dream's default `eps`: the schedule stops at t = eps, not 0
@@ -297,3 +306,65 @@ class MaskedSampler(Sampler):
         k = self.step_counts(masked, i, steps, start_mask)
         reveal = top_k_mask(self.scores(logits, draws, masked, start_mask, generator), masked, k)
         return torch.where(reveal, draws, tokens)
+
+
+class AdaptiveSampler(Sampler):
+    """Base of the adaptive samplers: each step commits the candidates `select` accepts (at least
+    one per unfinished row), inside each row's leftmost unfinished block; subclasses define `select`.
+
+    Args:
+        temperature: tokens are drawn from softmax(logits / temperature); 0 means argmax.
+        block_size: positions per semi-autoregressive block of the masked span; None: one block.
+        max_steps: the step budget fewstep-eval uses when eval.steps is null (None: one step per
+            generated position, i.e. no budget: the sampler alone decides).
+        eos_fill: a committed end token turns every later answer position into the end token (the
+            denoiser must have one).
+    """
+
+    name = "adaptive"
+    adaptive = True
+
+    def __init__(self, temperature: float = 1.0, block_size: int | None = None, max_steps: int | None = None,
+                 eos_fill: bool = False) -> None:
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = argmax), got {temperature}")
+        if block_size is not None and block_size < 1:
+            raise ValueError(f"block_size must be >= 1 or null (one block), got {block_size}")
+        if max_steps is not None and max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or null (no budget), got {max_steps}")
+        self.temperature = float(temperature)
+        self.block_size = block_size
+        self.max_steps = max_steps
+        self.eos_fill = bool(eos_fill)
+
+    def default_steps(self, generated: int) -> list[int]:
+        """fewstep-eval's step count when eval.steps is null: the budget, at most one step per position."""
+        return [min(self.max_steps or generated, generated)]
+
+    def plan(self, start_mask: Tensor, steps: int | None) -> int:
+        """steps: the per-row budget of forward passes (None: none). Every step commits at least one
+        position, so no row needs more steps than it has masked positions: the loop runs that many at most."""
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps is the per-row budget of forward passes: >= 1 or None (no budget), got {steps}")
+        most = int(start_mask.sum(-1).max()) if start_mask.numel() else 0
+        return most if steps is None else min(steps, most)
+
+    def fill_id(self, denoiser: nn.Module) -> int | None:
+        eos_id = getattr(denoiser, "eos_id", None)
+        if self.eos_fill and eos_id is None:
+            raise ValueError("eos_fill=true needs a denoiser with an end token (eos_id), and this one has none; "
+                             "set sampler.eos_fill=false")
+        return eos_id if self.eos_fill else None
+
+    def select(self, logits: Tensor, candidates: Tensor) -> Tensor:
+        """(B, L) bool: the candidates to commit this step, at least one in each row that has any."""
+        raise NotImplementedError
+
+    def step(self, logits: Tensor, tokens: Tensor, masked: Tensor, i: int, steps: int, start_mask: Tensor,
+             generator: torch.Generator | None) -> Tensor:
+        """Commit what `select` accepts in the current block; the last step commits all that is left.
+        (A row the loop still runs at step i has spent exactly i passes: rows only drop out.)"""
+        commit = self.select(logits, current_block(masked, span_blocks(start_mask, self.block_size)))
+        if i == steps - 1:  # the budget's last step
+            commit = commit | masked
+        return torch.where(commit, draw_tokens(logits, self.temperature, generator), tokens)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from teachers.samplers.base import MaskedSampler
+from teachers.samplers.selection import span_blocks
 
 ORDERS = ("left_to_right", "confidence")
 
@@ -33,7 +34,7 @@ class BlockwiseSampler(MaskedSampler):
     def scores(self, logits, draws, masked, start_mask, generator) -> Tensor:
         dtype = torch.float64 if self.float64_confidence else torch.float32
         rank = start_mask.long().cumsum(-1) - 1  # index of each position within the masked span
-        block = (rank // self.block_size).to(dtype)
+        block = span_blocks(start_mask, self.block_size).to(dtype)  # only masked positions are ranked
         if self.order == "left_to_right":
             inner = -rank.to(dtype) / masked.shape[1]
         else:

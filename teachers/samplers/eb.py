@@ -19,24 +19,10 @@ diffusers' EntropyBoundScheduler; at temperature 0 (argmax) it is that of softma
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from teachers.samplers.adaptive import AdaptiveSampler, entropy
-
-
-def entropy_bounded_set(entropies: Tensor, candidates: Tensor, gamma: float) -> Tensor:
-    """(B, L) bool: per row, the largest set of candidates, taken in order of increasing entropy,
-    whose summed entropy minus its largest entropy is <= gamma (ties: lower index first).
-
-    Args:
-        entropies: (B, L) entropy of each position's marginal (nats).
-        candidates: (B, L) bool, the positions that may be revealed.
-    """
-    ordered, order = entropies.masked_fill(~candidates, float("inf")).sort(dim=-1, stable=True)  # (B, L)
-    # Non-candidates sort last as +inf, where cumsum - value is nan or inf: never accepted.
-    accept = (ordered.cumsum(-1) - ordered) <= gamma
-    return torch.zeros_like(candidates).scatter(1, order, accept) & candidates
+from teachers.samplers.base import AdaptiveSampler
+from teachers.samplers.selection import entropy, entropy_bounded_set
 
 
 class EBSampler(AdaptiveSampler):

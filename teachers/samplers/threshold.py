@@ -16,36 +16,10 @@ at temperature 1 is exact on the oracle.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from teachers.samplers.adaptive import AdaptiveSampler, entropy
-
-RULES = ("confidence", "entropy")
-
-
-def certainty(logits: Tensor, rule: str, float64: bool = False) -> Tensor:
-    """(B, L) how sure the model is of each position: the largest probability ("confidence") or
-    minus the entropy ("entropy") of softmax(logits)."""
-    if rule == "confidence":
-        return torch.softmax(logits.to(torch.float64 if float64 else torch.float32), dim=-1).amax(-1)
-    return -entropy(logits, 1.0, float64)
-
-
-def threshold_set(sure: Tensor, candidates: Tensor, tau: float, rule: str) -> Tensor:
-    """(B, L) bool: candidates at or past the threshold (confidence >= tau, entropy <= tau), and in
-    every row with candidates at least the most certain one (ties: lower index first).
-
-    Args:
-        sure: (B, L) the `certainty` of each position.
-        candidates: (B, L) bool, the positions that may be committed.
-    """
-    passes = sure >= tau if rule == "confidence" else -sure <= tau
-    commit = candidates & passes
-    best = sure.masked_fill(~candidates, float("-inf")).argmax(-1)  # (B,) first maximum
-    rows = candidates.any(-1)
-    commit[rows.nonzero().squeeze(1), best[rows]] = True
-    return commit
+from teachers.samplers.base import AdaptiveSampler
+from teachers.samplers.selection import RULES, certainty, threshold_set
 
 
 class ThresholdSampler(AdaptiveSampler):

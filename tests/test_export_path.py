@@ -80,6 +80,7 @@ def test_teacher_checkpoint_exports_the_teacher_the_run_exported(paths_teacher, 
     assert json.loads((teacher / "config.json").read_text())["trained_steps"] == 150
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("experiment, student", [
     ("lsd_oracle", ["student.steps=4"]),
     ("lsd_plus_oracle", ["student.steps=4"]),
@@ -101,6 +102,7 @@ def certainty_args(teacher: Path, tmp: Path, *extra: str) -> list[str]:
             "data.prefix_draws=2", "data.val_prefix_draws=2", "eval.num_samples=32", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["lora_merged", "lora_adapter", "full"])
 def test_certainty_students_export_the_same_from_their_checkpoint(paths_teacher, tmp_path, variant):
     finetune = {"lora_merged": [], "lora_adapter": ["objective.export_adapter=true"], "full": ["student.lora=null"]}[variant]
@@ -116,6 +118,7 @@ def test_certainty_students_export_the_same_from_their_checkpoint(paths_teacher,
     assert meta["self_generated_data"]["counts"]["train"]["prompts"] > 0
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_select_checkpoint_run_exports_the_same_student(paths_teacher, tmp_path):
     args = certainty_args(paths_teacher[1], tmp_path, "objective.select_checkpoint=true", "trainer.max_steps=8",
                           "trainer.val_check_interval=2",

@@ -190,7 +190,10 @@ def test_teacher_frozen_and_absent_from_checkpoint_and_export_samples_identicall
     trainer.save_checkpoint(ckpt_path)
     checkpoint = torch.load(ckpt_path, weights_only=True)
     assert sorted(checkpoint["state_dict"]) == ["student.grid_logits", "student.log_coefficient", "student.rule_weights"]
-    export_checkpoint(ckpt_path, tmp_path / "export")
+    with pytest.raises(ValueError, match="teacher of kind 'TransformerDenoiser' that fewstep-export cannot rebuild"):
+        export_checkpoint(ckpt_path, tmp_path / "from_ckpt")  # a teacher that lives only in memory has no reference
+    assert not (tmp_path / "from_ckpt").exists()
+    objective.export(str(tmp_path / "export"))
     loaded = load(tmp_path / "export")
     assert loaded.teacher_ref["kind"] == "TransformerDenoiser" and loaded.method == "student"
     kwargs = dict(batch_size=20, seq_len=8)

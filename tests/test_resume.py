@@ -25,6 +25,7 @@ def command(overrides: list[str], tmp: Path, name: str, *extra: str) -> list[str
             "eval.after_training=false", f"export_dir={tmp / name}", f"hydra.run.dir={tmp / ('run_' + name)}", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", list(RUNS))
 def test_sigkill_then_resume_ends_where_an_uninterrupted_run_ends(objective, tmp_path):
     overrides = RUNS[objective]

@@ -12,7 +12,6 @@ followed by the assistant's opening (add_generation_prompt), as Instruct models 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -44,13 +43,20 @@ CHECKERS = {"last_number": last_number, "exact": exact}
 
 
 def read_rows(path: str, question_field: str, answer_field: str) -> list[tuple[str, str]]:
+    """(question, answer) rows of a json (a list of objects) or jsonl file, read by `datasets`' json builder."""
+    import datasets
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data.file {path} does not exist; give a json or jsonl file of {question_field}/"
                                 f"{answer_field} rows")
-    text = open(path).read().strip()
-    rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-    usable = [(r[question_field], r[answer_field]) for r in rows
-              if isinstance(r, dict) and r.get(question_field) and r.get(answer_field)]
+    try:
+        dataset = datasets.load_dataset("json", data_files=path, split="train")
+    except Exception as err:  # noqa: BLE001 - any parse failure gets the same advice
+        raise ValueError(f"{path} cannot be read as json or jsonl ({type(err).__name__}); give a list of objects or "
+                         "one object per line") from None
+    usable = []
+    if {question_field, answer_field} <= set(dataset.column_names):
+        usable = [(q, a) for q, a in zip(dataset[question_field], dataset[answer_field]) if q and a]
     if not usable:
         raise ValueError(f"{path} has no usable rows: none has both {question_field!r} and {answer_field!r}; set "
                          "data.question_field / data.answer_field to its column names")

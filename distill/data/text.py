@@ -103,7 +103,10 @@ class TextDataModule(L.LightningDataModule):
         tokenizer = self.tokenizer
         tokenized = dataset.map(lambda rows: {"ids": tokenizer(rows[self.text_field], add_special_tokens=False)["input_ids"]},
                                 batched=True, remove_columns=dataset.column_names)
-        return pack_blocks(tokenized["ids"], self._seq_len)
+        seq_len = self._seq_len  # the whole stream in one batch: blocks cross row boundaries, only the tail is dropped
+        packed = tokenized.map(lambda rows: {"block": pack_blocks(rows["ids"], seq_len).tolist()}, batched=True,
+                               batch_size=None, remove_columns=["ids"])
+        return torch.tensor(packed["block"], dtype=torch.long).view(-1, seq_len)
 
     @property
     def vocab_size(self) -> int:

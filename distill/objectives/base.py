@@ -85,7 +85,7 @@ class StudentObjective(L.LightningModule):
         self.val_samples = val_samples
         self.data_spec = data_spec
         self.config_yaml: str | None = None  # the run's resolved config (set by fewstep-train), exported as config.yaml
-        self.generated: int | None = None  # generated positions per sequence (set from the data at setup)
+        self.generated = seq_len  # generated positions per sequence (all, until setup reads the data's answer mask)
         self.trained_steps: int | None = None  # the checkpoint's step, when rebuilt from one without a trainer
 
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:

@@ -35,7 +35,9 @@ def test_verdict_says_when_a_student_loses():
             _row("student", "student", 4, 1.30, 1.0)]
     [line] = verdicts(rows, {"gen_nll": 1.0}, tolerance=0.05)
     assert "does not beat the best training-free row" in line
-    assert "not within 5%" in line
+    assert "8x fewer forwards, 8x less time, gen_nll not within 5%" in line
+    rows[-1]["s_per_1k"] = 16.0  # slower than the teacher's 8.0 s
+    assert "8x fewer forwards, 2x more time" in verdicts(rows, {"gen_nll": 1.0}, tolerance=0.05)[0]
 
 
 @pytest.mark.slow

@@ -51,9 +51,10 @@ def verdicts(rows: list[dict], truth: dict, tolerance: float) -> list[str]:
             line += "; no training-free row in the table matches it"
         if teacher is not None:
             close = abs(r[key] - teacher[key]) <= tolerance * abs(teacher[key])
+            speed = teacher["s_per_1k"] / r["s_per_1k"]
+            time_word = f"{speed:.2g}x less time" if speed >= 1 else f"{1 / speed:.2g}x more time"
             line += (f"; vs the teacher at one token per step: {teacher['nfe'] / r['nfe']:.2g}x fewer forwards, "
-                     f"{teacher['s_per_1k'] / r['s_per_1k']:.2g}x less time, {key} {'within' if close else 'not within'} "
-                     f"{tolerance:.0%} of its {teacher[key]:.4f}")
+                     f"{time_word}, {key} {'within' if close else 'not within'} {tolerance:.0%} of its {teacher[key]:.4f}")
         lines.append(line)
     return lines
 

@@ -36,7 +36,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import students
-from distill.apps.cli import CONF_DIR, check_override_keys, user_errors
+from distill.apps.cli import CONF_DIR, check_override_keys, set_threads, user_errors
+from distill.apps.eval import check_eval
 from distill.apps.teacher_setup import oracle_teacher, saved_teacher
 from distill.evaluation.evaluate import evaluate_sampler, reference_row, sample_key, write_run
 from distill.evaluation.leaderboard_report import pareto_plot, verdicts, write_table
@@ -82,10 +83,8 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError("teacher=saved needs teacher.path=DIR (the export_dir of a fewstep-train teacher run)")
     if kind == "saved" and not Path(cfg.teacher.path).is_dir():
         raise FileNotFoundError(f"teacher.path {cfg.teacher.path}: no such directory")
-    if cfg.eval.num_samples < 1 or cfg.eval.batch_size < 1 or cfg.eval.timing_repeats < 1:
-        raise ValueError("eval.num_samples, eval.batch_size and eval.timing_repeats must be >= 1")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise ValueError(f"threads must be >= 1 (or null for torch's default), got {cfg.threads}")
+    if cfg.eval.timing_repeats < 1:
+        raise ValueError(f"eval.timing_repeats must be >= 1, got {cfg.eval.timing_repeats}")
     for name, ref in (cfg.references or {}).items():
         if not (Path(CONF_DIR) / "sampler" / f"{ref.sampler}.yaml").is_file():
             raise ValueError(f"references.{name}.sampler={ref.sampler!r} is not a sampler config (conf/sampler/)")
@@ -137,6 +136,8 @@ def run(cfg: DictConfig) -> None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     datamodule = instantiate(cfg.data)
     generated = int(datamodule.answer_mask.sum())
+    check_eval(cfg.eval, generated, datamodule.seq_len)  # the same checks as fewstep-eval, before any training
+    set_threads(cfg.threads)  # every evaluated row runs on these threads (trainings are child processes)
     for name, ref in (cfg.references or {}).items():
         bad = [s for s in ref.steps if not 1 <= s <= generated]
         if bad:
@@ -166,8 +167,6 @@ def run(cfg: DictConfig) -> None:
               student_dirs[name], work / "logs" / f"{name}-{tag}")
 
     # 3. every row in this process, same threads
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     stage(f"3/4 evaluation ({cfg.eval.num_samples} sequences per row, {torch.get_num_threads()} threads)")
     benchmark = datamodule.benchmark(pair_distances=list(cfg.eval.pair_distances), kl_smoothing=cfg.eval.kl_smoothing,
                                      repeats=cfg.eval.repeats, judge_path=cfg.eval.judge_path)

@@ -24,10 +24,11 @@ from torch import Tensor, nn
 
 from teachers.samplers.ancestral import AncestralSampler
 from teachers.samplers.confidence import SCORES, ConfidenceSampler
+from teachers.samplers.dilated import DilatedSampler
 from teachers.samplers.base import MaskedSampler, Sampler, draw_tokens, fill_after_end, reveal_counts, top_k_mask
 from teachers.transformer import Block
 
-RULES = (*SCORES, "random")
+RULES = (*SCORES, "random", "dilated")
 
 
 def denoiser_sizes(denoiser: nn.Module, seq_len: int) -> tuple[int, int]:
@@ -45,19 +46,24 @@ def reveal_rule(reveal: str, temperature: float) -> MaskedSampler:
     """The reference sampler whose `scores` rank masked positions (higher is revealed first)."""
     if reveal not in RULES:
         raise ValueError(f"student.reveal must be one of {RULES}, got {reveal!r}")
-    return AncestralSampler(temperature) if reveal == "random" else ConfidenceSampler(temperature, score=reveal)
+    if reveal == "random":
+        return AncestralSampler(temperature)
+    if reveal == "dilated":
+        return DilatedSampler(temperature)
+    return ConfidenceSampler(temperature, score=reveal)
 
 
 def reveal_one(rule: MaskedSampler, logits: Tensor, tokens: Tensor, mask_id: int, active: Tensor,
-               generator: torch.Generator | None) -> Tensor:
+               generator: torch.Generator | None, start_mask: Tensor | None = None) -> Tensor:
     """Reveal the top-ranked masked position of every active row (B,) with a token drawn from `logits`.
 
     Same draws and ranking as `rule.step` at one token per step, so with the teacher's logits this
-    is the exact one-token-per-forward sampler, token for token.
+    is the exact one-token-per-forward sampler, token for token. `start_mask` is the canvas's masked
+    set before any step (a fixed order such as the dilated one ranks positions within it).
     """
     masked = tokens == mask_id
     draws = draw_tokens(logits, rule.temperature, generator)
-    scores = rule.scores(logits, draws, masked, masked, generator)
+    scores = rule.scores(logits, draws, masked, masked if start_mask is None else start_mask, generator)
     reveal = top_k_mask(scores, masked, active.long())
     return torch.where(reveal, draws, tokens)
 
@@ -140,7 +146,9 @@ class JointHeadSampler(Sampler, nn.Module):
         width, n_layer: the head layers' width (null: hidden_size) and number (1), as in the paper by
             default; see `JointHead`.
         reveal: which masked position each pass reveals: "neg_entropy" (lowest entropy, default),
-            "max_prob", "margin", "sampled", or "random".
+            "max_prob", "margin", "sampled", "random", or "dilated" (the fixed dilated order: the K
+            passes of a forward reveal the positions the dilated sampler reveals together in one step,
+            spread apart, and the head draws them jointly instead of independently).
         temperature: tokens are drawn from softmax(logits / temperature).
         eos_fill: a committed end token turns every later answer position into the end token
             (applied after each full forward's head passes).
@@ -224,7 +232,7 @@ class JointHeadSampler(Sampler, nn.Module):
         states = []
         for m in range(int(counts.max())):
             hidden, logits = self.head_pass(denoiser, tokens, hidden)
-            tokens = reveal_one(self.rule, logits, tokens, denoiser.mask_id, m < counts, generator)
+            tokens = reveal_one(self.rule, logits, tokens, denoiser.mask_id, m < counts, generator, start_mask)
             if eos_id is not None:  # after every pass, so later passes see the filled tail
                 tokens = fill_after_end(tokens, start_mask, eos_id)
             states.append(tokens)

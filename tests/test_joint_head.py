@@ -22,7 +22,7 @@ from distill.objectives.joint_head import JointHeadObjective
 from distill.objectives.losses import forward_kl
 from students import JointHeadSampler
 from students.joint_head import JointHead
-from teachers import ConfidenceSampler, HiddenMarkovSource, OracleDenoiser, SourceConfig, TransformerDenoiser, save_teacher
+from teachers import ConfidenceSampler, DilatedSampler, HiddenMarkovSource, OracleDenoiser, SourceConfig, TransformerDenoiser, save_teacher
 
 TINY_DATA = ["data.vocab_size=6", "data.seq_len=8", "data.batch_size=32", "data.val_size=64"]
 
@@ -94,6 +94,25 @@ def test_each_head_pass_reveals_exactly_one_token():
     for before, after in zip([prompt] + out.trace, out.trace):
         assert ((before != after).sum(-1) <= 1).all()
 
+
+
+def test_dilated_reveal_follows_the_dilated_order():
+    teacher = OracleDenoiser(tiny_data().source)
+    # one pass per forward with the untrained head: the dilated sampler at one token per step, token for token
+    exact = DilatedSampler().sample(teacher, 8, batch_size=32, seq_len=8, generator=torch.Generator().manual_seed(2))
+    one = JointHeadSampler(1, n_head=2, reveal="dilated").resolve(teacher, 8).sample(
+        teacher, batch_size=32, seq_len=8, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(one.tokens, exact.tokens)
+    # K = 4: the 4 passes of each forward reveal, one by one, the positions dilated@2 reveals together
+    head = randomised(JointHeadSampler(4, n_head=2, reveal="dilated").resolve(teacher, 8))
+    out = head.sample(teacher, batch_size=4, seq_len=8, generator=torch.Generator().manual_seed(0), return_trace=True)
+    ref = DilatedSampler().sample(teacher, 2, batch_size=4, seq_len=8, generator=torch.Generator().manual_seed(0),
+                                  return_trace=True)
+    first_forward = out.trace[3] != teacher.mask_id
+    assert torch.equal(first_forward, ref.trace[0] != teacher.mask_id)
+    assert first_forward[0].nonzero().flatten().tolist() == [0, 2, 4, 6]  # bit-reversed ranks 0..3 of 8 positions
+    order = [int((b != a).nonzero()[0, 1]) for a, b in zip([torch.full((4, 8), teacher.mask_id)] + out.trace, out.trace)]
+    assert order == [0, 4, 2, 6, 1, 5, 3, 7]  # row 0, pass by pass: the dilated rank order
 
 
 def test_kl_loss_is_zero_when_the_head_equals_the_target():

@@ -32,12 +32,13 @@ def teacher_trajectory(teacher: nn.Module, canvas: Tensor, rule, generator: torc
     """
     mask_id = teacher.mask_id
     x = canvas
+    start_mask = canvas == mask_id
     states, hidden = [], []
     for _ in range(int((canvas == mask_id).sum(-1).max())):
         h = teacher.hidden_states(x)
         states.append(x)
         hidden.append(h)
-        x = reveal_one(rule, teacher.lm_head(h), x, mask_id, (x == mask_id).any(-1), generator)
+        x = reveal_one(rule, teacher.lm_head(h), x, mask_id, (x == mask_id).any(-1), generator, start_mask)
     return {"states": states, "hidden": hidden}
 
 

@@ -45,7 +45,7 @@ def test_end_to_end_on_the_oracle_recomputes_from_samples(tmp_path):
     """Two tiny students on the oracle of a small HMM; every gen NLL recomputes from samples.safetensors."""
     data = ["data=hmm", "data.hidden_states=3", "data.vocab_size=6", "data.seq_len=8", "data.batch_size=16",
             "data.val_size=32"]
-    args = [sys.executable, "-m", "distill.apps.leaderboard", *data, "teacher=oracle", f"workdir={tmp_path / 'w'}",
+    args = [sys.executable, "-m", "distill.apps.leaderboard", *data, "teacher=oracle", "lineup=markov", f"workdir={tmp_path / 'w'}",
             "students.lsd_joint.overrides=['student.steps=4','trainer.max_steps=2','eval.after_training=false']",
             "students.joint_head_k4.overrides=['student.tokens_per_forward=2','trainer.max_steps=2','eval.after_training=false']",
             "references.ancestral.steps=[2,4]", "references.confidence.steps=[4]", "references.dilated.steps=[4]",
@@ -75,6 +75,22 @@ def test_end_to_end_on_the_oracle_recomputes_from_samples(tmp_path):
     # a second run reuses both students (no training)
     again = subprocess.run(args[:-1] + [f"hydra.run.dir={tmp_path / 'out2'}"], capture_output=True, text=True, timeout=900)
     assert again.returncode == 0 and again.stdout.count("reusing") == 2, again.stdout[-2000:]
+
+
+def test_each_source_has_its_lineup_and_a_source_without_one_fails_before_work(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from distill.apps.cli import CONF_DIR
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        hmm = compose("leaderboard", overrides=["data=hmm"])
+        markov = compose("leaderboard")
+    assert {"head_dilated_k2", "head_dilated_k4", "head_dilated_k8", "lsd_joint"} <= set(hmm.students)
+    assert "student.reveal=dilated" in hmm.students.head_dilated_k8.overrides and "eb" in hmm.references
+    assert set(markov.students) == {"lsd_joint", "joint_head_k4"}
+    proc = subprocess.run([sys.executable, "-m", "distill.apps.leaderboard", "data=paths", "teacher=oracle",
+                           f"workdir={tmp_path / 'w'}", f"hydra.run.dir={tmp_path / 'out'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "conf/lineup/paths.yaml does not exist" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "w").exists()
 
 
 def test_bad_reference_sampler_fails_before_training(tmp_path):

@@ -83,6 +83,10 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError("teacher=saved needs teacher.path=DIR (the export_dir of a fewstep-train teacher run)")
     if kind == "saved" and not Path(cfg.teacher.path).is_dir():
         raise FileNotFoundError(f"teacher.path {cfg.teacher.path}: no such directory")
+    if not cfg.students and not cfg.references:
+        data = HydraConfig.get().runtime.choices.get("data")
+        raise ValueError(f"no rows to evaluate: conf/lineup/{data}.yaml does not exist; pick a lineup (lineup=markov or "
+                         "lineup=hmm) or name rows with +students.NAME={experiment: ..., overrides: [...]}")
     if cfg.eval.timing_repeats < 1:
         raise ValueError(f"eval.timing_repeats must be >= 1, got {cfg.eval.timing_repeats}")
     for name, ref in (cfg.references or {}).items():

@@ -129,6 +129,16 @@ def test_kl_loss_is_zero_when_the_head_equals_the_target():
     assert loss.item() > 0.01
 
 
+def test_dilated_training_states_follow_the_dilated_order():
+    from distill.objectives.joint_head import teacher_trajectory
+    teacher = OracleDenoiser(tiny_data().source)
+    objective = objective_for(teacher, reveal="dilated")
+    canvas = torch.full((3, 8), teacher.mask_id)
+    path = teacher_trajectory(teacher, canvas, objective.student.rule, torch.Generator().manual_seed(0))
+    revealed = [int((b != a)[0].nonzero()) for a, b in zip(path["states"][:-1], path["states"][1:])]
+    assert len(path["states"]) == 8 and revealed == [0, 4, 2, 6, 1, 5, 3]  # the exact trajectory, dilated rank order
+
+
 def fit(objective, datamodule, steps: int) -> L.Trainer:
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, accelerator="cpu")

@@ -274,7 +274,7 @@ def test_prompted_loss_reads_only_the_answer_columns_with_the_same_value(shift):
     canvas = torch.where(answer, teacher.mask_id, tokens)
     assert generated_columns(teacher, canvas) == slice(2 if shift else 3, None)
     path = teacher_trajectory(teacher, canvas, objective.student.rule, torch.Generator().manual_seed(0))
-    assert set(path) == {"states", "hidden"}  # no full-vocabulary logits kept
+    assert set(path) == {"states", "hidden", "final"}  # no full-vocabulary logits kept
     kl, n = 0.0, 0
     for start in range(0, 5, 2):  # chunks of K = 2 over T = 5 states, head unrolled by hand on full width
         hidden = path["hidden"][start]

@@ -24,8 +24,9 @@ from students.joint_head import reveal_one
 
 
 @torch.no_grad()
-def teacher_trajectory(teacher: nn.Module, canvas: Tensor, rule, generator: torch.Generator | None) -> dict[str, list[Tensor]]:
-    """The exact sampler's states x_0..x_{T-1} (B, L), with the teacher's hidden states (B, L, H) on each.
+def teacher_trajectory(teacher: nn.Module, canvas: Tensor, rule, generator: torch.Generator | None) -> dict:
+    """The exact sampler's states x_0..x_{T-1} (B, L), with the teacher's hidden states (B, L, H) on each,
+    and its final canvas x_T ("final").
 
     Only hidden states are kept (in the teacher's dtype): targets are the LM head applied to them again
     per pass, which costs H instead of 4 V bytes per position (LLaDA-8B: 8 KB instead of 506 KB in bf16).
@@ -39,7 +40,7 @@ def teacher_trajectory(teacher: nn.Module, canvas: Tensor, rule, generator: torc
         states.append(x)
         hidden.append(h)
         x = reveal_one(rule, teacher.lm_head(h), x, mask_id, (x == mask_id).any(-1), generator, start_mask)
-    return {"states": states, "hidden": hidden}
+    return {"states": states, "hidden": hidden, "final": x}
 
 
 def generated_columns(teacher: nn.Module, canvas: Tensor) -> slice:

@@ -1,0 +1,164 @@
+"""The chunk head (students.ChunkHeadSampler) and its objective (distill.objectives.chunk_head)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+
+import students
+from distill.data.sources import SourceDataModule
+from distill.objectives.chunk_head import ChunkHeadObjective, revealed_positions
+from distill.objectives.joint_head import teacher_trajectory
+from distill.objectives.losses import forward_kl
+from students import ChunkHeadSampler
+from teachers import DilatedSampler, HiddenMarkovSource, OracleDenoiser, SourceConfig, TransformerDenoiser
+from tests.test_adaptive_samplers import chi_square
+
+
+def tiny_data() -> SourceDataModule:
+    return SourceDataModule(vocab_size=6, hidden_states=6, seq_len=8, batch_size=32, val_size=64)
+
+
+def tiny_transformer() -> TransformerDenoiser:
+    torch.manual_seed(0)
+    return TransformerDenoiser(6, 8, n_layer=1, n_head=2, d_model=16).eval()
+
+
+def randomised(sampler: ChunkHeadSampler) -> ChunkHeadSampler:
+    """A head that is not the identity (as after training)."""
+    torch.manual_seed(1)
+    for p in sampler.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    return sampler
+
+
+def objective_for(teacher, tokens_per_forward: int = 4, **student) -> ChunkHeadObjective:
+    return ChunkHeadObjective(student=ChunkHeadSampler(tokens_per_forward, width=16, n_head=2, **student),
+                              teacher=teacher, optimizer=partial(torch.optim.AdamW, lr=3e-3), vocab_size=6, seq_len=8,
+                              val_samples=0)
+
+
+@pytest.mark.parametrize("make_teacher", [lambda: OracleDenoiser(tiny_data().source), tiny_transformer],
+                         ids=["oracle", "transformer"])
+def test_untrained_head_is_the_dilated_sampler_at_the_same_forwards(make_teacher):
+    teacher = make_teacher()
+    for K, steps in [(1, 8), (3, 3), (4, 2)]:  # ceil(8 / K) full forwards
+        head = ChunkHeadSampler(K, width=8, n_head=2, temperature=0).resolve(teacher, 8)
+        out = head.sample(teacher, batch_size=40, seq_len=8, generator=torch.Generator().manual_seed(0))
+        ref = DilatedSampler(temperature=0).sample(teacher, steps, batch_size=40, seq_len=8)
+        assert torch.equal(out.tokens, ref.tokens) and (out.nfe, out.head_passes) == (steps, 8)
+    hidden = torch.randn(2, 4, head.hidden_size)
+    embedded, positions = torch.randn(2, 4, head.embed_size), torch.tensor([[0, 4, 2, 6]] * 2)
+    assert torch.equal(head.head(hidden, embedded, positions), hidden)  # zero-initialised: the teacher's own states
+    moved = randomised(ChunkHeadSampler(4, width=8, n_head=2).resolve(teacher, 8))
+    assert not torch.allclose(moved.head(hidden, embedded, positions), hidden, atol=1e-3)  # the comparison can fail
+
+
+def test_parallel_passes_equal_the_cached_passes_and_are_causal():
+    head = randomised(ChunkHeadSampler(3, width=8, n_head=2).resolve(OracleDenoiser(tiny_data().source), 8)).head
+    hidden, embedded = torch.randn(4, 3, 6), torch.randn(4, 3, 6)
+    positions = torch.tensor([[0, 4, 2], [1, 5, 3], [0, 4, 2], [7, 3, 5]])
+    parallel = head(hidden, embedded, positions)
+    cache, cached = head.start(hidden, positions), []
+    for m in range(3):
+        cached.append(head.query(cache, m))
+        head.add_token(cache, m, embedded[:, m])
+    assert torch.allclose(parallel, torch.stack(cached, 1), atol=1e-5)
+    changed = embedded.clone()
+    changed[:, 1] = torch.randn(4, 6)  # the token drawn at pass 1 is seen by pass 2 only
+    again = head(hidden, changed, positions)
+    assert torch.allclose(again[:, :2], parallel[:, :2], atol=1e-6) and not torch.allclose(again[:, 2], parallel[:, 2])
+
+
+def test_passes_reveal_one_token_each_in_the_dilated_order():
+    teacher = OracleDenoiser(tiny_data().source)
+    head = randomised(ChunkHeadSampler(4, width=8, n_head=2).resolve(teacher, 8))
+    out = head.sample(teacher, batch_size=4, seq_len=8, generator=torch.Generator().manual_seed(0), return_trace=True)
+    states = [torch.full((4, 8), teacher.mask_id)] + out.trace
+    order = [int((b != a).nonzero()[0, 1]) for a, b in zip(states, states[1:])]
+    assert order == [0, 4, 2, 6, 1, 5, 3, 7] and (out.nfe, out.head_passes) == (2, 8)
+    for before, after in zip(states, states[1:]):
+        assert torch.equal((before != after).sum(-1), torch.ones(4, dtype=torch.long))
+    # a prompt: kept, every mask filled, at most one token per row per pass
+    prompt = torch.full((2, 8), teacher.mask_id)
+    prompt[1, :3] = torch.tensor([0, 1, 2])
+    out = head.sample(teacher, prompt=prompt, generator=torch.Generator().manual_seed(0), return_trace=True)
+    assert torch.equal(out.tokens[1, :3], prompt[1, :3]) and not (out.tokens == teacher.mask_id).any()
+    for before, after in zip([prompt] + out.trace, out.trace):
+        assert ((before != after).sum(-1) <= 1).all()
+
+
+def test_deterministic_under_a_generator_and_exact_at_one_token_per_forward():
+    source = HiddenMarkovSource.random(SourceConfig(seed=4, hidden_states=3, vocab_size=3, seq_len=4, successors=2,
+                                                    smoothing=0.1))
+    teacher = OracleDenoiser(source)
+    head = ChunkHeadSampler(1, width=8, n_head=2).resolve(teacher, 4)  # untrained: the exact sampler
+    out = head.sample(teacher, batch_size=40_000, seq_len=4, generator=torch.Generator().manual_seed(0))
+    assert out.nfe == 4 and chi_square(out.tokens, source) < 130  # 80 degrees of freedom: 0.999 quantile 124.8
+    moved = randomised(ChunkHeadSampler(2, width=8, n_head=2).resolve(teacher, 4))
+    a, b = (moved.sample(teacher, batch_size=64, seq_len=4, generator=torch.Generator().manual_seed(5)) for _ in "ab")
+    assert torch.equal(a.tokens, b.tokens)
+
+
+def test_only_a_fixed_order_and_an_unshifted_model():
+    with pytest.raises(ValueError, match="student.reveal must be 'dilated'.*student=joint_head"):
+        ChunkHeadSampler(4, reveal="neg_entropy")
+    shifted = tiny_transformer()
+    shifted.shift_logits = True
+    with pytest.raises(ValueError, match="shifts its logits.*student=joint_head"):
+        ChunkHeadSampler(4, width=8, n_head=2).resolve(shifted, 8)
+
+
+def test_loss_is_forward_kl_at_each_revealed_position_recomputed_by_hand():
+    teacher = tiny_transformer()
+    objective = objective_for(teacher, tokens_per_forward=3)
+    randomised(objective.student)
+    batch = next(iter(tiny_data().train_dataloader()))
+    loss, _ = objective.loss(batch, torch.Generator().manual_seed(0))
+    canvas = torch.full_like(batch["tokens"], teacher.mask_id)
+    path = teacher_trajectory(teacher, canvas, objective.student.rule, torch.Generator().manual_seed(0))
+    positions, valid = revealed_positions(path["states"], path["final"], teacher.mask_id)
+    assert valid.all() and positions[0].tolist() == [0, 4, 2, 6, 1, 5, 3, 7]
+    kl, n = 0.0, 0
+    for s in range(0, 8, 3):  # chunks of K = 3 over T = 8 steps: 3, 3, 2
+        pos = positions[:, s:s + 3]
+        rows = torch.arange(canvas.shape[0])[:, None]
+        out = objective.student.head(path["hidden"][s][rows, pos], teacher.embed(path["final"])[rows, pos], pos)
+        for m in range(pos.shape[1]):
+            target = teacher.lm_head(path["hidden"][s + m])[rows[:, 0], pos[:, m]]
+            kl = kl + forward_kl(target, teacher.lm_head(out[:, m:m + 1])[:, 0]).sum()
+            n += canvas.shape[0]
+    assert torch.allclose(loss, kl / n, atol=1e-6) and loss > 0
+
+
+def fit(objective, datamodule, steps: int) -> None:
+    L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, limit_val_batches=0, accelerator="cpu").fit(objective, datamodule=datamodule)
+
+
+def test_training_lowers_the_loss_and_never_touches_the_teacher(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        datamodule = tiny_data()
+        teacher = tiny_transformer()
+        before = {k: v.clone() for k, v in teacher.state_dict().items()}
+        objective = objective_for(teacher)
+        batch = next(iter(datamodule.val_dataloader()))
+        start = objective.loss(batch, torch.Generator().manual_seed(0))[0]
+        fit(objective, datamodule, 60)
+        end = objective.loss(batch, torch.Generator().manual_seed(0))[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert end < 0.7 * start
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    objective.export(str(tmp_path / "export"))
+    loaded = students.load(tmp_path / "export")
+    assert isinstance(loaded, ChunkHeadSampler) and loaded.config == objective.student.config
+    a = objective.student.eval().sample(teacher, batch_size=32, seq_len=8, generator=torch.Generator().manual_seed(7))
+    b = loaded.sample(teacher, batch_size=32, seq_len=8, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a.tokens, b.tokens) and (b.nfe, b.head_passes) == (2, 8)

@@ -83,8 +83,9 @@ def test_each_source_has_its_lineup_and_a_source_without_one_fails_before_work(t
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         hmm = compose("leaderboard", overrides=["data=hmm"])
         markov = compose("leaderboard")
-    assert {"head_dilated_k2", "head_dilated_k4", "head_dilated_k8", "lsd_joint"} <= set(hmm.students)
-    assert "student.reveal=dilated" in hmm.students.head_dilated_k8.overrides and "eb" in hmm.references
+    assert {"chunk_head_k2", "chunk_head_k4", "chunk_head_k8", "head_dilated_k4", "lsd_joint"} <= set(hmm.students)
+    assert "student.reveal=dilated" in hmm.students.head_dilated_k4.overrides and "eb" in hmm.references
+    assert hmm.students.chunk_head_k8.experiment == "chunk_head" and "student.tokens_per_forward=8" in hmm.students.chunk_head_k8.overrides
     assert set(markov.students) == {"lsd_joint", "joint_head_k4"}
     proc = subprocess.run([sys.executable, "-m", "distill.apps.leaderboard", "data=paths", "teacher=oracle",
                            f"workdir={tmp_path / 'w'}", f"hydra.run.dir={tmp_path / 'out'}"],

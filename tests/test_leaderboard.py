@@ -10,7 +10,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from distill.evaluation.leaderboard_report import verdicts
+from distill.evaluation.leaderboard_report import verdicts, write_table
 from teachers.sources.hmm import HiddenMarkovSource
 
 
@@ -38,6 +38,17 @@ def test_verdict_says_when_a_student_loses():
     assert "8x fewer forwards, 8x less time, gen_nll not within 5%" in line
     rows[-1]["s_per_1k"] = 16.0  # slower than the teacher's 8.0 s
     assert "8x fewer forwards, 2x more time" in verdicts(rows, {"gen_nll": 1.0}, tolerance=0.05)[0]
+
+
+def test_table_names_each_students_cheapest_match_and_its_time_ratio(tmp_path):
+    rows = [_row("dilated", "reference", 8, 1.30, 2.0), _row("dilated", "reference", 16, 1.25, 4.0),
+            _row("eb", "reference", 9.5, 1.26, 3.0), _row("teacher", "teacher", 32, 1.20, 8.0),
+            _row("head", "student", 4, 1.27, 1.5), _row("sharp", "student", 4, 1.10, 1.0)]
+    write_table(rows, {"gen_nll": 1.0}, [], tmp_path)
+    lines = {line.split(" | ")[0].strip("| "): line for line in (tmp_path / "leaderboard.md").read_text().splitlines()}
+    # as good as head (1.27): dilated 16 (4.0 s), eb (3.0 s), the teacher (8.0 s); the cheapest in seconds is eb
+    assert "eb @ 9.5 NFE (3 s) | 0.5000 |" in lines["head"]
+    assert "none in the table" in lines["sharp"] and "matched_by" in (tmp_path / "leaderboard.csv").read_text()
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from pathlib import Path
 from distill.evaluation.report import markdown_table
 
 COLUMNS = ["sampler", "kind", "steps", "nfe", "head_passes", "gen_nll", "accuracy", "pair_kl_d1", "pair_kl_d8",
-           "entropy", "s_per_1k"]
+           "entropy", "s_per_1k", "matched_by", "time_vs_match"]
 
 
 def _quality(rows: list[dict]) -> tuple[str, bool]:
@@ -24,6 +24,28 @@ def _quality(rows: list[dict]) -> tuple[str, bool]:
 
 def _better(a: float, b: float, lower: bool) -> bool:
     return a <= b if lower else a >= b
+
+
+def cheapest_match(row: dict, rows: list[dict]) -> dict | None:
+    """The training-free row (reference or teacher) with the fewest seconds among those at least as good as `row`."""
+    key, lower = _quality(rows)
+    matching = [f for f in rows if f["kind"] in ("reference", "teacher") and _better(f[key], row[key], lower)]
+    return min(matching, key=lambda f: f["s_per_1k"]) if matching else None
+
+
+def with_matches(rows: list[dict]) -> list[dict]:
+    """Student rows gain `matched_by` (the cheapest training-free row as good) and `time_vs_match` (their
+    seconds over its seconds: below 1 is a saving in wall time)."""
+    out = []
+    for r in rows:
+        cheap = cheapest_match(r, rows) if r["kind"] == "student" else None
+        if cheap is not None:
+            r = {**r, "matched_by": f"{cheap['sampler']} @ {cheap['nfe']:.3g} NFE ({cheap['s_per_1k']:.3g} s)",
+                 "time_vs_match": r["s_per_1k"] / cheap["s_per_1k"]}
+        elif r["kind"] == "student":
+            r = {**r, "matched_by": "none in the table"}
+        out.append(r)
+    return out
 
 
 def verdicts(rows: list[dict], truth: dict, tolerance: float) -> list[str]:
@@ -42,9 +64,8 @@ def verdicts(rows: list[dict], truth: dict, tolerance: float) -> list[str]:
             best = min(budget, key=lambda f: f[key]) if lower else max(budget, key=lambda f: f[key])
             word = "beats" if _better(r[key], best[key], lower) and r[key] != best[key] else "does not beat"
             line += f"; {word} the best training-free row at <= {r['nfe']:.2f} NFE ({best['sampler']} {best['steps']} steps, {best[key]:.4f})"
-        matching = [f for f in free if _better(f[key], r[key], lower)]
-        if matching:
-            cheap = min(matching, key=lambda f: f["s_per_1k"])
+        cheap = cheapest_match(r, rows)
+        if cheap is not None:
             line += (f"; matching it without training takes {cheap['sampler']} {cheap['steps']} steps: "
                      f"{cheap['nfe'] / r['nfe']:.2g}x the forwards, {cheap['s_per_1k'] / r['s_per_1k']:.2g}x the seconds")
         else:
@@ -61,7 +82,7 @@ def verdicts(rows: list[dict], truth: dict, tolerance: float) -> list[str]:
 
 def write_table(rows: list[dict], truth: dict, lines: list[str], out_dir: Path) -> str:
     """leaderboard.md (table + verdicts) and leaderboard.csv; rows sorted by forward passes."""
-    ordered = sorted(rows, key=lambda r: (r["nfe"], r["kind"] != "student"))
+    ordered = sorted(with_matches(rows), key=lambda r: (r["nfe"], r["kind"] != "student"))
     cols = [c for c in COLUMNS if any(c in r for r in ordered)]
     table = markdown_table(ordered + [{**truth, "kind": "truth"}], cols)
     (out_dir / "leaderboard.md").write_text(table + "\n\n" + "\n".join(f"- {s}" for s in lines) + "\n")

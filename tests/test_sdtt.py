@@ -15,8 +15,8 @@ import torch.nn.functional as F
 import students
 from distill.apps.export import export_checkpoint
 from distill.data.sources import SourceDataModule
-from distill.objectives.losses import masked_reverse_kl
-from distill.objectives.sdtt import SDTTObjective, grid_states, sdtt_target
+from distill.objectives.losses import masked_forward_kl, masked_reverse_kl
+from distill.objectives.sdtt import SDTTForwardKLObjective, SDTTObjective, grid_states, sdtt_target
 from teachers import OracleDenoiser, TransformerDenoiser, save_teacher
 from teachers.samplers.base import reveal_counts
 from teachers.saved import load_teacher
@@ -95,7 +95,7 @@ def test_grid_states_mask_what_the_m_step_sampler_has_left():
     assert (frequency - 0.5).abs().max() < 0.1
 
 
-def test_reverse_kl_matches_the_formula():
+def test_reverse_and_forward_kl_match_the_formula():
     gen = torch.Generator().manual_seed(0)
     logits, target = torch.randn(2, 3, 5, generator=gen), torch.randn(2, 3, 5, generator=gen)
     mask = torch.tensor([[True, False, True], [False, False, True]])
@@ -103,6 +103,9 @@ def test_reverse_kl_matches_the_formula():
     expected = (q * (q.log() - p.log())).sum(-1)[mask].mean()
     assert masked_reverse_kl(logits, target, mask).item() == pytest.approx(expected.item(), rel=1e-5)
     assert masked_reverse_kl(logits, target, torch.zeros_like(mask)).item() == 0
+    forward = (p * (p.log() - q.log())).sum(-1)[mask].mean()
+    assert masked_forward_kl(logits, target, mask).item() == pytest.approx(forward.item(), rel=1e-5)
+    assert masked_forward_kl(logits, target, torch.zeros_like(mask)).item() == 0
 
 
 # --- the objective -----------------------------------------------------------------------------------
@@ -114,10 +117,10 @@ def tiny_teacher(tmp_path):
     return load_teacher(tmp_path / "teacher")
 
 
-def make_objective(teacher, **kwargs) -> SDTTObjective:
+def make_objective(teacher, cls=SDTTObjective, **kwargs) -> SDTTObjective:
     settings = dict(rounds=3, round_steps=3, optimizer=partial(torch.optim.Adam, lr=3e-3), vocab_size=4, seq_len=8,
                     val_samples=0, data_spec={"kind": "hidden_markov", **TINY})
-    return SDTTObjective({"_target_": "students.AncestralStudentSampler"}, teacher, **{**settings, **kwargs})
+    return cls({"_target_": "students.AncestralStudentSampler"}, teacher, **{**settings, **kwargs})
 
 
 def test_round_boundary_freezes_a_copy_of_the_student_and_halves_the_steps(tiny_teacher):
@@ -146,8 +149,10 @@ def test_round_boundary_freezes_a_copy_of_the_student_and_halves_the_steps(tiny_
                       optimizer=None, vocab_size=4, seq_len=8)
 
 
-def test_loss_decreases_on_a_tiny_run(tiny_teacher):
-    objective = make_objective(tiny_teacher, rounds=1)
+@pytest.mark.parametrize("cls, divergence", [(SDTTObjective, masked_reverse_kl), (SDTTForwardKLObjective, masked_forward_kl)])
+def test_loss_decreases_on_a_tiny_run(tiny_teacher, cls, divergence):
+    objective = make_objective(tiny_teacher, cls, rounds=1)
+    assert objective.divergence is divergence
     tokens = SourceDataModule(**TINY).source.sample(64, torch.Generator().manual_seed(0))
     batch = {"tokens": tokens, "answer_mask": torch.ones_like(tokens, dtype=torch.bool)}
     with torch.no_grad():  # a student moved away from its target (the random tiny teacher is nearly uniform)

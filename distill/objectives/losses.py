@@ -64,6 +64,12 @@ def forward_kl(target_logits: Tensor, logits: Tensor) -> Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+def masked_forward_kl(logits: Tensor, target_logits: Tensor, mask: Tensor) -> Tensor:
+    """KL(softmax(target) || softmax(logits)) per counted position, averaged over them (float32); 0 when
+    no position counts. Against sampled targets its optimum is their mean (SDTT's forward-KL contrast)."""
+    return (forward_kl(target_logits.detach(), logits) * mask).sum() / mask.sum().clamp_min(1)
+
+
 def masked_reverse_kl(logits: Tensor, target_logits: Tensor, mask: Tensor) -> Tensor:
     """SDTT's loss: KL(softmax(logits) || softmax(target)) per counted position, averaged over them
     (float32); 0 when no position counts. Reverse KL, the divergence Deschenaux & Gulcehre found best

@@ -58,7 +58,7 @@ from torch.optim.lr_scheduler import LambdaLR
 import students
 from distill.evaluation.model_card import model_card
 from distill.objectives.base import StudentObjective
-from distill.objectives.losses import masked_reverse_kl
+from distill.objectives.losses import masked_forward_kl, masked_reverse_kl
 from distill.objectives.schedule import warmup_cosine
 from students.ancestral_student import AncestralStudentSampler
 from students.own_denoiser import copy_denoiser
@@ -118,6 +118,8 @@ class SDTTObjective(StudentObjective):
     """
 
     objective_name = "sdtt"
+    divergence_name = "reverse_kl"
+    divergence = staticmethod(masked_reverse_kl)  # (student logits, target logits, mask) -> loss
 
     def __init__(self, student: nn.Module | dict, teacher: nn.Module, rounds: int = 3, round_steps: int = 500,
                  teacher_steps: int | None = None, **kwargs) -> None:
@@ -195,7 +197,7 @@ class SDTTObjective(StudentObjective):
         target, first, _ = sdtt_target(self.target, xt, masked, batch["answer_mask"].sum(-1), i, steps, generator)
         # 3. the student's one step matches them on every masked position
         logits = self.student.denoiser(xt)  # (B, L, V)
-        loss = masked_reverse_kl(logits, target, masked)
+        loss = self.divergence(logits, target, masked)
         return loss, {"objective": loss.detach(), "round": torch.tensor(float(self.round)),
                       "steps": torch.tensor(float(steps)), "first_half": first.sum() / masked.sum().clamp_min(1)}
 
@@ -235,7 +237,7 @@ class SDTTObjective(StudentObjective):
         return self.finished + [{**self.round_record(), "end_step": steps}]
 
     def export_extra(self) -> dict:
-        return {"sdtt": {"divergence": "reverse_kl", "teacher_steps": self.teacher_steps, "round_steps": self.round_steps,
+        return {"sdtt": {"divergence": self.divergence_name, "teacher_steps": self.teacher_steps, "round_steps": self.round_steps,
                          "rounds": self.trained_rounds()}}
 
     def round_student(self, index: int) -> AncestralStudentSampler:
@@ -258,3 +260,13 @@ class SDTTObjective(StudentObjective):
                                   config_yaml=self.config_yaml, card=card,
                                   extra={"method": f"{self.method}_round{record['round']}", "objective": self.objective_name,
                                          "data": self.data_spec, "trained_steps": record["end_step"], "sdtt_round": record})
+
+
+class SDTTForwardKLObjective(SDTTObjective):
+    """SDTT with forward KL(target || student) instead of the paper's reverse KL: the contrast that
+    shows where the reverse-KL student's sharpness comes from. Against sampled targets forward KL is
+    minimised by their mean, which for an exact target network is its own one-step prediction."""
+
+    objective_name = "sdtt_forward_kl"
+    divergence_name = "forward_kl"
+    divergence = staticmethod(masked_forward_kl)

@@ -4,7 +4,7 @@
 # with the same sampler, seed and sample count, and write docs/sdtt.md.
 #   bash benchmarks/sdtt_rounds.sh TEACHER_DIR [OUT]      (TEACHER_DIR: fewstep-train experiment=teacher_hmm)
 # Environment: N samples per row (2000); PREFIX, a command every step runs under (e.g. "flock /tmp/lock");
-# TRAIN_ARGS, extra fewstep-train overrides.
+# TRAIN_ARGS, extra fewstep-train overrides (e.g. objective=sdtt_forward_kl).
 set -euo pipefail
 TEACHER=${1:?usage: sdtt_rounds.sh TEACHER_DIR [OUT]}
 OUT=${2:-runs/sdtt}
@@ -20,8 +20,10 @@ if [[ ! -d $OUT/export ]]; then
     ${TRAIN_ARGS:-}
   echo "train_s=$(( $(date +%s) - start ))" | tee "$OUT/train_time.txt"
 fi
-$PREFIX fewstep-eval "${teacher[@]}" sampler=ancestral "eval.steps=[32,16,8,4]" eval.num_samples=$N \
-  hydra.run.dir="$OUT/eval/teacher"
+if [[ ! -f $OUT/eval/teacher/metrics.json ]]; then  # the teacher's own rows (the same for every run: link them)
+  $PREFIX fewstep-eval "${teacher[@]}" sampler=ancestral "eval.steps=[32,16,8,4]" eval.num_samples=$N \
+    hydra.run.dir="$OUT/eval/teacher"
+fi
 for round in "$OUT"/export/rounds/round*; do
   $PREFIX fewstep-eval "${teacher[@]}" sampler=saved "sampler.path=$round" "eval.steps=[16,8,4]" eval.num_samples=$N \
     hydra.run.dir="$OUT/eval/$(basename "$round")"

@@ -72,12 +72,16 @@ def main() -> None:
     ap.add_argument("--out", dest="doc", type=Path, default=None, help="write the table section here (else print)")
     args = ap.parse_args()
     text, verdict, _ = table(args.out)
-    section = "\n".join([text, "", "Each round at its own steps (computed from the rows above):", "", *verdict, ""])
+    meta = json.loads((args.out / "export" / "sampler.json").read_text())["sdtt"]
+    head = (f"Divergence {meta['divergence']}, {len(meta['rounds'])} rounds of {meta['round_steps']} optimizer steps, "
+            f"runs in `{args.out}`:")
+    section = "\n".join([head, "", text, "", "Each round at its own steps (computed from the rows above):", "", *verdict, ""])
     if args.doc is None:
         print(section)
         return
     doc = args.doc.read_text() if args.doc.is_file() else ""
-    begin, end = "<!-- sdtt_table.py: begin -->", "<!-- sdtt_table.py: end -->"
+    name = args.out.resolve().name  # one generated section per run directory
+    begin, end = f"<!-- sdtt_table.py {name}: begin -->", f"<!-- sdtt_table.py {name}: end -->"
     if begin in doc and end in doc:  # replace the generated section, keep the prose around it
         doc = doc[: doc.index(begin) + len(begin)] + "\n" + section + doc[doc.index(end):]
     else:

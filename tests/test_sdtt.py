@@ -66,11 +66,11 @@ class PairDenoiser(torch.nn.Module):
         return torch.stack([p0, p1], 1).log()  # (B, 2, 2)
 
 
-def test_hand_computed_target_its_mean_is_the_truth_and_reverse_kl_sharpens_it():
+def test_hand_computed_target_its_mean_is_the_truth_and_reverse_kl_does_not_keep_it():
     """One student step over both positions, the teacher's two: S1 is one position drawn from p(. | nothing);
     the other's target is p(. | that draw). Its mean over draws is the exact marginal (forward KL's optimum:
     nothing to learn from an exact teacher); reverse KL's optimum is the normalised geometric mean,
-    sharper: for x1, exp(0.8 log(0.9, 0.1) + 0.2 log(0.1, 0.9)) normalised = (0.789, 0.211) against (0.74, 0.26)."""
+    here sharper: for x1, exp(0.8 log(0.9, 0.1) + 0.2 log(0.1, 0.9)) normalised = (0.789, 0.211) against (0.74, 0.26)."""
     net, n = PairDenoiser(), 40000
     xt = torch.full((n, 2), 2)
     target, first, x_mid = sdtt_target(net, xt, xt == 2, torch.full((n,), 2), torch.zeros(n, dtype=torch.long), 1,
@@ -84,6 +84,24 @@ def test_hand_computed_target_its_mean_is_the_truth_and_reverse_kl_sharpens_it()
     assert torch.allclose(later.softmax(-1).mean(0), torch.tensor([0.74, 0.26], dtype=torch.float64), atol=0.01)
     geometric = later.log_softmax(-1).mean(0).softmax(-1)
     assert torch.allclose(geometric, torch.tensor([0.789, 0.211], dtype=torch.float64), atol=0.01)
+
+
+@pytest.mark.parametrize("divergence, optimum", [
+    (masked_reverse_kl, [0.476, 0.476, 0.048]),  # geometric mean sqrt(0.98 * 0.01) = 0.099, 0.099, 0.01, normalised
+    (masked_forward_kl, [0.495, 0.495, 0.010]),  # the mean of the two targets
+])
+def test_the_optimum_against_sampled_targets_by_hand(divergence, optimum):
+    """Two equally likely targets that rule out each other's favourite: reverse KL's optimum hedges on the
+    token neither favours (flatter than their mean, which forward KL reaches)."""
+    targets = torch.tensor([[0.98, 0.01, 0.01], [0.01, 0.98, 0.01]]).log()[:, None]  # (2, 1, 3)
+    logits = torch.zeros(1, 1, 3, requires_grad=True)
+    optimizer = torch.optim.Adam([logits], lr=0.05)
+    mask = torch.ones(2, 1, dtype=torch.bool)
+    for _ in range(1500):
+        optimizer.zero_grad()
+        divergence(logits.expand(2, 1, 3), targets, mask).backward()
+        optimizer.step()
+    assert torch.allclose(logits.softmax(-1).flatten(), torch.tensor(optimum), atol=2e-3)
 
 
 def test_grid_states_mask_what_the_m_step_sampler_has_left():

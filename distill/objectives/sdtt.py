@@ -27,14 +27,17 @@ One training example (the paper's `_teacher_logprobs_on_mask` and `loss`, on thi
      (losses.masked_reverse_kl). SDTT compared MSE, TVD and KL and found KL best, the reverse one
      (their `kl-bwd` default, "best results using the reverse KL divergence").
 
-What this can and cannot do, and why a sharper student is not a better one: the student still
-draws the tokens of one step independently, so no weights fix the joint error of revealing several
-positions at once. A position's target is one sample's conditional p(x_j | x_t, x_S1); if the
-target network were exact, its average over x_S1 would be p(x_j | x_t) itself (the forward-KL
-optimum: nothing to learn). Reverse KL against sampled targets is minimised by the normalised
-geometric mean exp(E log p(x_j | x_t, x_S1)) instead, which is sharper than that average: the
-student's per-token distributions narrow, its samples score a lower NLL under the source and a
-lower entropy, and whether its pair statistics get closer to the truth is what the pair KL answers.
+What this can and cannot do: the student still draws the tokens of one step independently, so no
+weights fix the joint error of revealing several positions at once. A position's target is one
+sample's conditional p(x_j | x_t, x_S1); if the target network were exact, its average over x_S1
+would be p(x_j | x_t) itself (the forward-KL optimum: nothing to learn). Reverse KL against sampled
+targets is minimised by their normalised geometric mean exp(E log p(x_j | x_t, x_S1)) instead, which
+is not the truth even for an exact target: where the draws of x_S1 leave x_j's options much as they
+were, it is sharper than the average; where they pick between branches that rule each other's tokens
+out, it moves mass to tokens that no branch rules out and none favours, flatter and wrong
+(tests/test_sdtt.py computes both cases by hand). Which one wins on a source is for the evaluation
+to say; on the hidden Markov source the student came out flatter and worse at every step count
+(docs/sdtt.md). SDTT's forward-KL contrast is objective=sdtt_forward_kl.
 
 Rounds run inside one fit: `on_train_batch_start` ends a round at every multiple of `round_steps`
 (trainer.max_steps must be rounds * round_steps). The learning rate restarts its warm-up and cosine

@@ -11,6 +11,7 @@ import os
 
 from torch import nn
 
+from students.ancestral_student import AncestralStudentSampler
 from students.chunk_head import ChunkHead, ChunkHeadSampler
 from students.entropy_threshold import EntropyThresholdSampler
 from students.export import check_teacher, load_student, save_student
@@ -20,7 +21,7 @@ from students.reveal_rule import FEATURES
 from students.rule_sampler import RuleSampler
 
 REGISTRY = {"LearnedSampler": LearnedSampler, "JointHeadSampler": JointHeadSampler, "ChunkHeadSampler": ChunkHeadSampler,
-            "EntropyThresholdSampler": EntropyThresholdSampler}
+            "EntropyThresholdSampler": EntropyThresholdSampler, "AncestralStudentSampler": AncestralStudentSampler}
 
 
 def build(config: dict) -> nn.Module:
@@ -39,5 +40,6 @@ def load(path: str | os.PathLike, trust_remote_code: bool = False) -> nn.Module:
     return load_student(path, REGISTRY, trust_remote_code=trust_remote_code)
 
 
-__all__ = ["ChunkHead", "ChunkHeadSampler", "EntropyThresholdSampler", "FEATURES", "JointHead", "JointHeadSampler", "LearnedSampler", "REGISTRY",
+__all__ = ["AncestralStudentSampler", "ChunkHead", "ChunkHeadSampler", "EntropyThresholdSampler", "FEATURES", "JointHead",
+           "JointHeadSampler", "LearnedSampler", "REGISTRY",
            "RuleSampler", "build", "check_teacher", "load", "load_student", "save_student"]

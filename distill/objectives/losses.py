@@ -64,6 +64,28 @@ def forward_kl(target_logits: Tensor, logits: Tensor) -> Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+def masked_forward_kl(logits: Tensor, target_logits: Tensor, mask: Tensor) -> Tensor:
+    """KL(softmax(target) || softmax(logits)) per counted position, averaged over them (float32); 0 when
+    no position counts. Against sampled targets its optimum is their mean (SDTT's forward-KL contrast)."""
+    return (forward_kl(target_logits.detach(), logits) * mask).sum() / mask.sum().clamp_min(1)
+
+
+def masked_reverse_kl(logits: Tensor, target_logits: Tensor, mask: Tensor) -> Tensor:
+    """SDTT's loss: KL(softmax(logits) || softmax(target)) per counted position, averaged over them
+    (float32); 0 when no position counts. Reverse KL, the divergence Deschenaux & Gulcehre found best
+    (their `kl-bwd`): the student is pulled to the modes of the target, never spread over it.
+
+    Args:
+        logits: (B, L, V) the student's prediction.
+        target_logits: (B, L, V) the target network's prediction (no gradient taken through it).
+        mask: (B, L) bool, the positions that count.
+    """
+    log_q = F.log_softmax(logits.float(), dim=-1)
+    log_p = F.log_softmax(target_logits.detach().float(), dim=-1)
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # (B, L)
+    return (kl * mask).sum() / mask.sum().clamp_min(1)
+
+
 def multi_pass_forward_kl(target_logits: list[Tensor], logits: list[Tensor],
                           masks: list[Tensor]) -> tuple[Tensor, list[Tensor | None]]:
     """The joint head's loss: forward KL per counted position, averaged over every position of every pass.

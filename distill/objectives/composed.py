@@ -1,0 +1,139 @@
+"""A composed student's head, trained on its distilled denoiser; then its decoding threshold.
+
+The student (students.ComposedSampler, built by `students.compose` from a certainty or trajectory
+student's export) holds the distilled denoiser, its decoding rule and a new joint-sampling head. The
+head is trained exactly as objective=joint_head trains it (distill/objectives/joint_head.py: forward
+KL to the network's own next distribution along its one-token-per-forward trajectories, the head
+unrolled over chunks of `tokens_per_forward` states), with the distilled denoiser in the teacher's
+place: it is the network the head sits on. That denoiser is frozen, so only the head trains.
+
+The root teacher (`teacher=saved teacher.path=T`, the one the denoiser was distilled from; checked
+against the export's record) is what the export names as its teacher, so `fewstep-eval teacher=saved
+teacher.path=T sampler=saved sampler.path=DIR` checks the pair as for any student. It is never trained
+and never in a checkpoint; it decodes the validation prompts once, as the reference of the threshold choice.
+
+After training the threshold is chosen on validation pairs (and the data's mid-answer validation
+states, where it has them) as the certainty objective chooses it (distill/evaluation/threshold_choice.py),
+now with the head passes in the decoding.
+"""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+import students
+from distill.evaluation.threshold_choice import (choose_threshold, print_choice, reference_decoder, score_canvases,
+                                                 state_reference, sweep_thresholds)
+from distill.objectives.frozen import teacher_reference
+from distill.objectives.joint_head import JointHeadObjective
+
+
+class ComposedObjective(JointHeadObjective):
+    """Args (besides JointHeadObjective's):
+        student: a ComposedSampler with a head (student=composed student.denoiser_path=DIR), or its config
+            (a checkpoint: the denoiser's architecture; its weights come with the state dict).
+        teacher: the root teacher the student's denoiser was distilled from.
+        thresholds: candidate entropy thresholds tried on validation after training (None: keep the
+            denoiser export's own).
+        tolerance: accuracy the chosen threshold may lose against the root teacher on validation.
+        decode_batch_size: prompts decoded at once when scoring validation.
+    """
+
+    objective_name = "composed"
+
+    def __init__(self, student: nn.Module | dict, teacher: nn.Module, *args, data_spec: dict | None = None,
+                 thresholds: list[float] | None = None, tolerance: float = 0.005, decode_batch_size: int = 512,
+                 **kwargs) -> None:
+        if not isinstance(student, nn.Module):
+            student = students.build(OmegaConf.to_container(student, resolve=True) if OmegaConf.is_config(student)
+                                     else dict(student))
+        if not isinstance(student, students.ComposedSampler) or student.head is None:
+            raise ValueError(f"objective=composed trains the head of a composed student, got {type(student).__name__}"
+                             f"{' without a head' if isinstance(student, students.ComposedSampler) else ''}; use "
+                             "student=composed student.denoiser_path=DIR (a certainty or trajectory student's export)")
+        if getattr(student, "teacher_ref", None) is not None:  # built from an export: distilled from this teacher?
+            students.check_teacher(student.teacher_ref, teacher, data_spec)
+        denoiser = student.network(teacher)  # the distilled denoiser: the network the head sits on
+        thresholds = sorted(float(t) for t in thresholds) if thresholds else None
+        super().__init__(student, denoiser, *args, data_spec=data_spec, thresholds=thresholds, tolerance=tolerance,
+                         decode_batch_size=decode_batch_size, **kwargs)
+        self.__dict__["root_teacher"] = teacher.eval().requires_grad_(False)  # unregistered: never in a checkpoint
+        self.teacher_ref = teacher_reference(teacher, data_spec)  # what the export names: the root teacher
+        self.hparams["teacher_ref"] = self.teacher_ref  # fewstep-export rebuilds with it
+        self.thresholds, self.tolerance, self.decode_batch_size = thresholds, tolerance, decode_batch_size
+        self.denoiser_from = getattr(student, "denoiser_from", None)
+        self.prompt_split = getattr(student, "prompt_split", None)
+        self.selection: dict | None = None
+
+    def train(self, mode: bool = True) -> "ComposedObjective":
+        """Train mode for the head only: the distilled denoiser stays in eval mode (no dropout)."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = self.trainer.datamodule
+        if hasattr(datamodule, "split_spec"):  # the head trained on these pairs' prompts too
+            self.prompt_split = datamodule.split_spec()
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self.root_teacher.to(self.device)
+
+    # --- the threshold, chosen on validation with the head in the decoding ------------------------
+    def on_fit_end(self) -> None:
+        if self.thresholds:
+            self.select_threshold()
+
+    @torch.no_grad()
+    def select_threshold(self) -> dict:
+        """Set the student's threshold by `choose_threshold` against the root teacher's argmax, one token per
+        step, on the validation pairs (and the mid-answer validation states where the data have them)."""
+        datamodule = self.trainer.datamodule
+        mask_id, check = self.teacher.mask_id, getattr(datamodule, "check", None) or datamodule.task.check
+        canvases, weights = validation_canvases(datamodule, mask_id)
+        states_fn = getattr(datamodule, "selection_states", None)
+        states = states_fn(mask_id) if states_fn is not None else None
+        reference = reference_decoder(getattr(datamodule, "sampler", None))
+        n = int((canvases == mask_id).sum(-1).max())
+        teacher_accuracy, _ = score_canvases(reference, self.root_teacher, canvases, weights, check, n,
+                                             batch_size=self.decode_batch_size)
+        rows = [{"sampler": "teacher (argmax, 1 token/step)", "threshold": None, "accuracy": teacher_accuracy, "nfe": n}]
+        if states is not None:
+            rows[0]["state_accuracy"], rows[0]["state_nfe"] = score_canvases(
+                reference, self.root_teacher, *states, check, batch_size=self.decode_batch_size)
+        rows += sweep_thresholds(self.student, self.teacher, self.thresholds, canvases, weights, check,
+                                 states, batch_size=self.decode_batch_size)
+        best, within = choose_threshold(rows[1:], teacher_accuracy, self.tolerance, state_reference(rows[1:]))
+        self.student.threshold = best["threshold"]
+        self.selection = {"split": "val", "pairs": len(canvases), "states": len(states[0]) if states else 0,
+                          "state_reference": state_reference(rows[1:]), "tolerance": self.tolerance, "rows": rows,
+                          "chosen": best["threshold"], "within_tolerance": within}
+        print_choice(self.selection)
+        return self.selection
+
+    # --- what defines the student beyond its tensors --------------------------------------------
+    def student_record(self) -> dict:
+        return {**super().student_record(), "threshold": self.student.threshold, "selection": self.selection,
+                "prompt_split": self.prompt_split, "denoiser_from": self.denoiser_from}
+
+    def restore_record(self, record: dict) -> None:
+        super().restore_record(record)
+        self.student.threshold, self.selection = record["threshold"], record["selection"]
+        self.prompt_split, self.denoiser_from = record["prompt_split"], record["denoiser_from"]
+
+    def export_extra(self) -> dict:
+        return {"prompt_split": self.prompt_split, "denoiser_from": self.denoiser_from,
+                "threshold_selection": self.selection}
+
+
+def validation_canvases(datamodule, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The validation pairs with their answers masked, and their prompt weights (any `paths` data module)."""
+    if hasattr(datamodule, "selection_canvases"):
+        return datamodule.selection_canvases(mask_id)
+    pairs = datamodule.pairs["val"]
+    canvas = torch.cat([pairs, torch.full((len(pairs), datamodule.task.config.answer_len), mask_id)], dim=1)
+    return canvas, datamodule.task.prompt_weights(pairs)

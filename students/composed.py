@@ -11,8 +11,11 @@ One loop step (one full forward of the distilled denoiser):
     with head:  h = denoiser.hidden_states(x), then up to `head_passes` head passes, each
                     h, logits = head(embed(x), h);  x = threshold commit on logits
                 so a pass sees the tokens the passes before it committed in the same forward (ADJUST's
-                joint draw, with dParallel's commit rule instead of one token per pass). The forward's
-                passes stop early once the answer is complete.
+                joint draw, with dParallel's commit rule instead of one token per pass). The first
+                pass commits at least one token per row, as the certainty student's step does; later
+                passes commit only what clears the threshold, so the head adds tokens where it is sure
+                and never forces one. A forward's passes stop when a pass commits nothing (then the
+                next full forward) or the answer is complete.
 
 `nfe` counts full forwards per answer, `head_passes` the head passes an answer went through while it
 still had masked positions. `students.compose(DIR, ...)` builds one from a certainty or trajectory student's
@@ -28,7 +31,8 @@ from torch import Tensor, nn
 
 from students.entropy_threshold import EntropyThresholdSampler
 from students.joint_head import JointHeadSampler
-from teachers.samplers.base import AdaptiveSampler, fill_after_end
+from teachers.samplers.base import AdaptiveSampler, draw_tokens, fill_after_end
+from teachers.samplers.selection import certainty, current_block, span_blocks, threshold_set
 
 
 class ComposedSampler(AdaptiveSampler, nn.Module):
@@ -117,15 +121,30 @@ class ComposedSampler(AdaptiveSampler, nn.Module):
         hidden = denoiser.hidden_states(tokens, **padding)  # the full forward
         eos_id = self.fill_id(denoiser)
         states = []
-        for _ in range(self.head_passes):
+        for p in range(self.head_passes):
             hidden, logits = self.head_pass(denoiser, tokens, hidden)
-            tokens = self.step(logits, tokens, tokens == denoiser.mask_id, i, steps, start_mask, generator)
+            masked = tokens == denoiser.mask_id
+            if p == 0:  # the certainty student's step: at least one token per row, the budget's last step all
+                new = self.step(logits, tokens, masked, i, steps, start_mask, generator)
+            else:  # later passes only add what clears the threshold: the head never forces a token
+                commit = self.confident(logits, current_block(masked, span_blocks(start_mask, self.block_size)))
+                new = torch.where(commit, draw_tokens(logits, self.temperature, generator), tokens)
             if eos_id is not None:  # after every pass, so later passes see the filled tail
-                tokens = fill_after_end(tokens, start_mask, eos_id)
+                new = fill_after_end(new, start_mask, eos_id)
+            if p > 0 and torch.equal(new, tokens):  # nothing cleared the threshold: the next full forward
+                states.append(tokens)  # the pass was made, so it counts
+                break
+            tokens = new
             states.append(tokens)
             if not (tokens == denoiser.mask_id).any():
                 break
         return states
+
+    def confident(self, logits: Tensor, candidates: Tensor) -> Tensor:
+        """(B, L) bool: the candidates past the decoder's threshold, none forced."""
+        rule = self.decoder.rule
+        return threshold_set(certainty(logits, rule), candidates, self.threshold, rule, strict=rule == "entropy",
+                             at_least_one=False)
 
     # --- export: the decoder's files and tensors, and the head's tensors ---------------------------
     def export_state(self) -> dict[str, Tensor]:

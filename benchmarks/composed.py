@@ -8,7 +8,7 @@ Rows are timed `--timing-repeats` times in turn (round robin, so a busy machine 
 fastest time is kept; tokens and accuracy come from the first round (the same generator seed every round).
 
     python benchmarks/composed.py --teacher T --student certainty=D2 --student composed=D3 \\
-        --student "composed, threshold 0.3=D3:0.3" --graph-seed 0 --seeds 0 1 --out runs/composed/bench_g0
+        --student "composed, 2 forced passes=D3:threshold=0.3,head_passes=2,forced_passes=1" --graph-seed 0 --seeds 0 1 --out runs/composed/bench_g0
 """
 
 from __future__ import annotations
@@ -29,19 +29,24 @@ COLUMNS = ["graph_seed", "data_seed", "sampler", "accuracy", "nfe", "head_passes
            "x_fewer_forwards", "x_less_wall", "within_1_point"]
 
 
-def parse_student(spec: str) -> tuple[str, str, float | None]:
-    """NAME=DIR or NAME=DIR:THRESHOLD (the export's decoding rule with another entropy threshold)."""
+def parse_student(spec: str) -> tuple[str, str, dict]:
+    """NAME=DIR or NAME=DIR:KEY=VALUE,... with the decoding rule's settings replaced (threshold, and for a
+    composed student head_passes and forced_passes), e.g. "composed, 0.3=D3:threshold=0.3,head_passes=2"."""
     name, _, rest = spec.partition("=")
-    path, _, threshold = rest.partition(":")
+    path, _, settings = rest.partition(":")
     if not name or not path:
-        raise SystemExit(f"--student takes NAME=DIR[:THRESHOLD], got {spec!r}")
-    return name, path, float(threshold) if threshold else None
+        raise SystemExit(f"--student takes NAME=DIR[:KEY=VALUE,...], got {spec!r}")
+    types = {"threshold": float, "head_passes": int, "forced_passes": lambda v: v.lower() in ("1", "true")}
+    changes = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
+    if set(changes) - set(types):
+        raise SystemExit(f"--student {spec!r}: settings are {sorted(types)}")
+    return name, path, {k: types[k](v) for k, v in changes.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", required=True)
-    ap.add_argument("--student", action="append", default=[], help="NAME=DIR[:THRESHOLD]")
+    ap.add_argument("--student", action="append", default=[], help="NAME=DIR[:KEY=VALUE,...]")
     ap.add_argument("--graph-seed", type=int, default=0)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--num-samples", type=int, default=1000)
@@ -54,10 +59,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     teacher = load_teacher(args.teacher)
     samplers = {"teacher, argmax, 1 token/step": (BlockwiseSampler(temperature=0.0), 16)}
-    for name, path, threshold in map(parse_student, args.student):
+    for name, path, changes in map(parse_student, args.student):
         student = students.load(path)
-        if threshold is not None:
-            student.threshold = threshold
+        for key, value in changes.items():
+            setattr(student, key, value)
         samplers[name] = (student, None)
     rows = []
     for seed in args.seeds:

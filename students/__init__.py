@@ -46,12 +46,13 @@ def load_denoiser(path: str | os.PathLike, trust_remote_code: bool = False) -> n
 
 
 def compose(denoiser_path: str | os.PathLike, head: dict | None = None, head_passes: int | None = None,
-            threshold: float | None = None, block_size: int | None = None,
+            threshold: float | None = None, block_size: int | None = None, forced_passes: bool = False,
             trust_remote_code: bool = False) -> ComposedSampler:
     """A composed student (students/composed.py) on the certainty or trajectory student exported at
     `denoiser_path`: its denoiser and decoding rule, `threshold`/`block_size` replaced where given, and a
     new head (a JointHeadSampler config, trained by objective=composed) if `head` is given."""
-    return compose_on(load(denoiser_path, trust_remote_code), head, head_passes, threshold, block_size)
+    return compose_on(load(denoiser_path, trust_remote_code), head, head_passes, threshold, block_size,
+                      forced_passes)
 
 
 __all__ = ["ComposedSampler", "EntropyThresholdSampler", "FEATURES", "JointHead", "JointHeadSampler", "LearnedSampler", "REGISTRY",

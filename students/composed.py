@@ -43,12 +43,15 @@ class ComposedSampler(AdaptiveSampler, nn.Module):
         head: a JointHeadSampler's config (its head is used; `tokens_per_forward` is the number of
             passes it was trained to unroll from one forward), or None: no head.
         head_passes: most head passes per full forward when decoding (None: the head's tokens_per_forward).
+        forced_passes: every head pass commits at least its most certain position, as the first does
+            (ADJUST's one token per pass, plus whatever clears the threshold): a forward then reveals at
+            least min(head_passes, masked) tokens. False: later passes commit only what clears the threshold.
     """
 
     name = "composed"
 
     def __init__(self, decoder: EntropyThresholdSampler | dict, head: dict | None = None,
-                 head_passes: int | None = None) -> None:
+                 head_passes: int | None = None, forced_passes: bool = False) -> None:
         nn.Module.__init__(self)
         self.decoder = decoder if isinstance(decoder, EntropyThresholdSampler) else EntropyThresholdSampler(**decoder)
         if self.decoder.denoiser_config is None:
@@ -61,6 +64,7 @@ class ComposedSampler(AdaptiveSampler, nn.Module):
             if self.head is not None else None
         if self.head_passes is not None and self.head_passes < 1:
             raise ValueError(f"head_passes must be >= 1, got {self.head_passes}")
+        self.forced_passes = bool(forced_passes)
 
     # --- the decoding rule is the decoder's -----------------------------------------------------
     threshold = property(lambda self: self.decoder.threshold,
@@ -77,7 +81,7 @@ class ComposedSampler(AdaptiveSampler, nn.Module):
     @property
     def config(self) -> dict:
         return {"decoder": self.decoder.config, "head": self.head.config if self.head is not None else None,
-                "head_passes": self.head_passes}
+                "head_passes": self.head_passes, "forced_passes": self.forced_passes}
 
     def network(self, denoiser: nn.Module) -> nn.Module:
         return self.decoder.network(denoiser)
@@ -124,7 +128,7 @@ class ComposedSampler(AdaptiveSampler, nn.Module):
         for p in range(self.head_passes):
             hidden, logits = self.head_pass(denoiser, tokens, hidden)
             masked = tokens == denoiser.mask_id
-            if p == 0:  # the certainty student's step: at least one token per row, the budget's last step all
+            if p == 0 or self.forced_passes:  # the certainty student's step: at least one token per row
                 new = self.step(logits, tokens, masked, i, steps, start_mask, generator)
             else:  # later passes only add what clears the threshold: the head never forces a token
                 commit = self.confident(logits, current_block(masked, span_blocks(start_mask, self.block_size)))
@@ -173,7 +177,8 @@ class ComposedSampler(AdaptiveSampler, nn.Module):
 
 
 def compose_on(student: EntropyThresholdSampler, head: dict | None = None, head_passes: int | None = None,
-            threshold: float | None = None, block_size: int | None = None) -> ComposedSampler:
+               threshold: float | None = None, block_size: int | None = None,
+               forced_passes: bool = False) -> ComposedSampler:
     """A ComposedSampler around a loaded certainty or trajectory student (its denoiser and rule), with a new
     (untrained) head if `head` is given; `threshold` and `block_size` replace the student's when given."""
     if isinstance(student, ComposedSampler):  # a composed student's denoiser and rule, its head replaced
@@ -187,7 +192,7 @@ def compose_on(student: EntropyThresholdSampler, head: dict | None = None, head_
         if int(block_size) < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
         student.block_size = int(block_size)
-    composed = ComposedSampler(student, head, head_passes)
+    composed = ComposedSampler(student, head, head_passes, forced_passes)
     for name in ("teacher_ref", "prompt_split"):  # where the denoiser came from: checked when it is trained on
         setattr(composed, name, getattr(student, name, None))
     composed.denoiser_from = {"path": os.path.abspath(student.export_path), "method": student.method} \

@@ -53,17 +53,19 @@ def pair(tmp_path):
     return datamodule, *tiny_pair(tmp_path, datamodule)
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_composed_export_round_trips_token_for_token(pair, tmp_path, temperature):
+@pytest.mark.parametrize("temperature, forced", [(0.0, False), (1.0, False), (0.0, True)])
+def test_composed_export_round_trips_token_for_token(pair, tmp_path, temperature, forced):
     datamodule, teacher_dir, certainty = pair
     teacher = load_teacher(teacher_dir)
-    composed = students.compose(certainty, head={**HEAD, "zero_init": False}, head_passes=3, threshold=0.5)
+    composed = students.compose(certainty, head={**HEAD, "zero_init": False}, head_passes=3, threshold=0.5,
+                                forced_passes=forced)
     composed.decoder.temperature = temperature
     composed.resolve(teacher, datamodule.seq_len).eval()
     path = students.save_student(composed, tmp_path / "composed", teacher=composed.teacher_ref,
                                  extra={"method": "composed", "data": datamodule.spec()})
     loaded = students.load(path)
     assert loaded.config == composed.config and loaded.threshold == 0.5 and loaded.head_passes == 3
+    assert loaded.forced_passes == forced
     students.check_teacher(loaded.teacher_ref, teacher, datamodule.spec())  # it names the root teacher
     canvases = datamodule.benchmark().canvases(64, teacher.mask_id, torch.Generator().manual_seed(0))
     a = composed.sample(teacher, None, prompt=canvases, generator=torch.Generator().manual_seed(1))
@@ -121,14 +123,18 @@ def test_composed_training_exports_evaluates_and_reexports(paths_teacher, tmp_pa
                f"student.denoiser_path={certainty}", f"data.cache_dir={tmp_path / 'sg'}", "data.prefix_draws=2",
                "data.val_prefix_draws=2", "data.batch_size=8", "trainer.max_steps=6", "trainer.val_check_interval=3",
                "student.head.width=16", "student.head.n_head=2", "student.head_passes=2", "objective.val_samples=8",
-               "objective.thresholds=[0.1,0.5]", "eval.num_samples=32", "eval.batch_size=32",
+               "objective.thresholds=[0.1,0.5]",
+               "objective.rules=[{head_passes:1},{head_passes:2,forced_passes:true}]", "eval.num_samples=32", "eval.batch_size=32",
                f"export_dir={tmp_path / 'composed'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     export = tmp_path / "composed"
     meta = json.loads((export / "sampler.json").read_text())
     assert meta["class"] == "ComposedSampler" and meta["method"] == "composed"
     assert meta["teacher"]["path"] == str(Path(teacher_dir).resolve()) and meta["denoiser_from"]["method"] == "certainty"
-    assert meta["config"]["decoder"]["threshold"] in (0.1, 0.5)
+    chosen = meta["threshold_selection"]["chosen_rule"]  # the rule chosen on validation is the one exported
+    assert meta["config"]["decoder"]["threshold"] == chosen["threshold"] in (0.1, 0.5)
+    assert (meta["config"]["head_passes"], meta["config"]["forced_passes"]) == (chosen["head_passes"], chosen["forced_passes"])
+    assert len(meta["threshold_selection"]["rules"]) == 2
     # the root teacher: unchanged, and none of its tensors in the checkpoint (the student's denoiser is the student's)
     assert all(torch.equal(before[k], v) for k, v in load_file(teacher_dir / "model.safetensors").items())
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "final.ckpt", map_location="cpu", weights_only=True)

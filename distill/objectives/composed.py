@@ -12,9 +12,10 @@ against the export's record) is what the export names as its teacher, so `fewste
 teacher.path=T sampler=saved sampler.path=DIR` checks the pair as for any student. It is never trained
 and never in a checkpoint; it decodes the validation prompts once, as the reference of the threshold choice.
 
-After training the threshold is chosen on validation pairs (and the data's mid-answer validation
-states, where it has them) as the certainty objective chooses it (distill/evaluation/threshold_choice.py),
-now with the head passes in the decoding.
+After training the decoding rule is chosen on validation pairs (and the data's mid-answer validation
+states, where it has them): for each candidate (head passes per forward, forced passes or not) the
+threshold the certainty objective would choose (distill/evaluation/threshold_choice.py), now with the
+head in the decoding; then the candidate with the fewest full forwards within tolerance.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class ComposedObjective(JointHeadObjective):
             (a checkpoint: the denoiser's architecture; its weights come with the state dict).
         teacher: the root teacher the student's denoiser was distilled from.
         thresholds: candidate entropy thresholds tried on validation after training (None: keep the
-            denoiser export's own).
+            denoiser export's own and the student's rule).
+        rules: candidate decoding rules {head_passes, forced_passes} tried with every threshold (None: the
+            student's own); see `select_rule`.
         tolerance: accuracy the chosen threshold may lose against the root teacher on validation.
         decode_batch_size: prompts decoded at once when scoring validation.
     """
@@ -44,8 +47,8 @@ class ComposedObjective(JointHeadObjective):
     objective_name = "composed"
 
     def __init__(self, student: nn.Module | dict, teacher: nn.Module, *args, data_spec: dict | None = None,
-                 thresholds: list[float] | None = None, tolerance: float = 0.005, decode_batch_size: int = 512,
-                 **kwargs) -> None:
+                 thresholds: list[float] | None = None, rules: list[dict] | None = None, tolerance: float = 0.005,
+                 decode_batch_size: int = 512, **kwargs) -> None:
         if not isinstance(student, nn.Module):
             student = students.build(OmegaConf.to_container(student, resolve=True) if OmegaConf.is_config(student)
                                      else dict(student))
@@ -57,12 +60,14 @@ class ComposedObjective(JointHeadObjective):
             students.check_teacher(student.teacher_ref, teacher, data_spec)
         denoiser = student.network(teacher)  # the distilled denoiser: the network the head sits on
         thresholds = sorted(float(t) for t in thresholds) if thresholds else None
-        super().__init__(student, denoiser, *args, data_spec=data_spec, thresholds=thresholds, tolerance=tolerance,
-                         decode_batch_size=decode_batch_size, **kwargs)
+        rules = [{k: (int(v) if k == "head_passes" else bool(v)) for k, v in dict(r).items()} for r in rules or []]
+        super().__init__(student, denoiser, *args, data_spec=data_spec, thresholds=thresholds, rules=rules,
+                         tolerance=tolerance, decode_batch_size=decode_batch_size, **kwargs)
         self.__dict__["root_teacher"] = teacher.eval().requires_grad_(False)  # unregistered: never in a checkpoint
         self.teacher_ref = teacher_reference(teacher, data_spec)  # what the export names: the root teacher
         self.hparams["teacher_ref"] = self.teacher_ref  # fewstep-export rebuilds with it
-        self.thresholds, self.tolerance, self.decode_batch_size = thresholds, tolerance, decode_batch_size
+        self.thresholds, self.rules, self.tolerance = thresholds, rules, tolerance
+        self.decode_batch_size = decode_batch_size
         self.denoiser_from = getattr(student, "denoiser_from", None)
         self.prompt_split = getattr(student, "prompt_split", None)
         self.selection: dict | None = None
@@ -83,15 +88,20 @@ class ComposedObjective(JointHeadObjective):
         super().on_fit_start()
         self.root_teacher.to(self.device)
 
-    # --- the threshold, chosen on validation with the head in the decoding ------------------------
+    # --- the decoding rule, chosen on validation with the head in the decoding ----------------------
     def on_fit_end(self) -> None:
         if self.thresholds:
-            self.select_threshold()
+            self.select_rule()
 
     @torch.no_grad()
-    def select_threshold(self) -> dict:
-        """Set the student's threshold by `choose_threshold` against the root teacher's argmax, one token per
-        step, on the validation pairs (and the mid-answer validation states where the data have them)."""
+    def select_rule(self) -> dict:
+        """Set the student's decoding rule on the validation pairs (and the mid-answer validation states where
+        the data have them): for every candidate of `rules` (head passes per forward, forced passes) the
+        threshold `choose_threshold` picks against the root teacher's argmax, one token per step; then the
+        rule whose choice is within tolerance with the fewest full forwards (ties: the earlier rule).
+
+        The state reference (the accuracy on the states that a threshold may not fall below) is the first
+        rule's at its smallest threshold, so list the most sequential rule first."""
         datamodule = self.trainer.datamodule
         mask_id, check = self.teacher.mask_id, getattr(datamodule, "check", None) or datamodule.task.check
         canvases, weights = validation_canvases(datamodule, mask_id)
@@ -101,28 +111,48 @@ class ComposedObjective(JointHeadObjective):
         n = int((canvases == mask_id).sum(-1).max())
         teacher_accuracy, _ = score_canvases(reference, self.root_teacher, canvases, weights, check, n,
                                              batch_size=self.decode_batch_size)
-        rows = [{"sampler": "teacher (argmax, 1 token/step)", "threshold": None, "accuracy": teacher_accuracy, "nfe": n}]
+        teacher_row = {"sampler": "teacher (argmax, 1 token/step)", "threshold": None, "accuracy": teacher_accuracy,
+                       "nfe": n}
         if states is not None:
-            rows[0]["state_accuracy"], rows[0]["state_nfe"] = score_canvases(
+            teacher_row["state_accuracy"], teacher_row["state_nfe"] = score_canvases(
                 reference, self.root_teacher, *states, check, batch_size=self.decode_batch_size)
-        rows += sweep_thresholds(self.student, self.teacher, self.thresholds, canvases, weights, check,
-                                 states, batch_size=self.decode_batch_size)
-        best, within = choose_threshold(rows[1:], teacher_accuracy, self.tolerance, state_reference(rows[1:]))
-        self.student.threshold = best["threshold"]
+        rows, choices, bar = [teacher_row], [], None
+        for rule in self.rules or [{}]:
+            self.student.head_passes = rule.get("head_passes", self.student.head_passes)
+            self.student.forced_passes = rule.get("forced_passes", self.student.forced_passes)
+            name = f"composed, {self.student.head_passes} passes{', forced' if self.student.forced_passes else ''}"
+            swept = [{**row, "sampler": name} for row in sweep_thresholds(
+                self.student, self.teacher, self.thresholds, canvases, weights, check, states,
+                batch_size=self.decode_batch_size)]
+            bar = state_reference(swept) if bar is None else bar  # the first rule's
+            best, within = choose_threshold(swept, teacher_accuracy, self.tolerance, bar)
+            rows += swept
+            choices.append({"head_passes": self.student.head_passes, "forced_passes": self.student.forced_passes,
+                            "threshold": best["threshold"], "accuracy": best["accuracy"], "nfe": best["nfe"],
+                            "within_tolerance": within})
+        ok = [c for c in choices if c["within_tolerance"]]
+        chosen = min(ok, key=lambda c: c["nfe"]) if ok else choices[0]
+        self.student.head_passes, self.student.forced_passes = chosen["head_passes"], chosen["forced_passes"]
+        self.student.threshold = chosen["threshold"]
         self.selection = {"split": "val", "pairs": len(canvases), "states": len(states[0]) if states else 0,
-                          "state_reference": state_reference(rows[1:]), "tolerance": self.tolerance, "rows": rows,
-                          "chosen": best["threshold"], "within_tolerance": within}
+                          "state_reference": bar, "tolerance": self.tolerance, "rows": rows, "rules": choices,
+                          "chosen": chosen["threshold"], "chosen_rule": chosen, "within_tolerance": bool(ok)}
         print_choice(self.selection)
+        print(f"decoding rule chosen: {chosen['head_passes']} head passes per forward"
+              f"{', forced' if chosen['forced_passes'] else ''}, threshold {chosen['threshold']:g} "
+              f"({chosen['nfe']:.2f} full forwards on validation)")
         return self.selection
 
     # --- what defines the student beyond its tensors --------------------------------------------
     def student_record(self) -> dict:
-        return {**super().student_record(), "threshold": self.student.threshold, "selection": self.selection,
+        return {**super().student_record(), "threshold": self.student.threshold, "head_passes": self.student.head_passes,
+                "forced_passes": self.student.forced_passes, "selection": self.selection,
                 "prompt_split": self.prompt_split, "denoiser_from": self.denoiser_from}
 
     def restore_record(self, record: dict) -> None:
         super().restore_record(record)
         self.student.threshold, self.selection = record["threshold"], record["selection"]
+        self.student.head_passes, self.student.forced_passes = record["head_passes"], record["forced_passes"]
         self.prompt_split, self.denoiser_from = record["prompt_split"], record["denoiser_from"]
 
     def export_extra(self) -> dict:

@@ -125,7 +125,10 @@ class ComposedObjective(JointHeadObjective):
                 self.student, self.teacher, self.thresholds, canvases, weights, check, states,
                 batch_size=self.decode_batch_size)]
             bar = state_reference(swept) if bar is None else bar  # the first rule's
-            best, within = choose_threshold(swept, teacher_accuracy, self.tolerance, bar)
+            if passes_bar(swept[0], teacher_accuracy, self.tolerance, bar):  # its smallest threshold
+                best, within = choose_threshold(swept, teacher_accuracy, self.tolerance, bar)
+            else:  # out of tolerance even at its smallest threshold: not a candidate
+                best, within = swept[0], False
             rows += swept
             choices.append({"head_passes": self.student.head_passes, "forced_passes": self.student.forced_passes,
                             "threshold": best["threshold"], "accuracy": best["accuracy"], "nfe": best["nfe"],
@@ -158,6 +161,13 @@ class ComposedObjective(JointHeadObjective):
     def export_extra(self) -> dict:
         return {"prompt_split": self.prompt_split, "denoiser_from": self.denoiser_from,
                 "threshold_selection": self.selection}
+
+
+def passes_bar(row: dict, teacher_accuracy: float, tolerance: float, state_bar: float | None) -> bool:
+    """A sweep row within `tolerance` of the teacher's accuracy and of the state accuracy bar (choose_threshold's test)."""
+    if row["accuracy"] < teacher_accuracy - tolerance - 1e-12:
+        return False
+    return state_bar is None or row["state_accuracy"] >= state_bar - tolerance - 1e-12
 
 
 def validation_canvases(datamodule, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -101,7 +101,9 @@ class ComposedObjective(JointHeadObjective):
         rule whose choice is within tolerance with the fewest full forwards (ties: the earlier rule).
 
         The state reference (the accuracy on the states that a threshold may not fall below) is the first
-        rule's at its smallest threshold, so list the most sequential rule first."""
+        rule's at its smallest threshold, so list the most sequential rule first. If that row is itself out
+        of tolerance of the teacher, every rule is held to the first rule's own accuracy there instead, and
+        the choice is recorded as not within tolerance (choose_threshold's fallback, for all rules at once)."""
         datamodule = self.trainer.datamodule
         mask_id, check = self.teacher.mask_id, getattr(datamodule, "check", None) or datamodule.task.check
         canvases, weights = validation_canvases(datamodule, mask_id)
@@ -116,30 +118,37 @@ class ComposedObjective(JointHeadObjective):
         if states is not None:
             teacher_row["state_accuracy"], teacher_row["state_nfe"] = score_canvases(
                 reference, self.root_teacher, *states, check, batch_size=self.decode_batch_size)
-        rows, choices, bar = [teacher_row], [], None
+        rows, sweeps = [teacher_row], []
         for rule in self.rules or [{}]:
             self.student.head_passes = rule.get("head_passes", self.student.head_passes)
             self.student.forced_passes = rule.get("forced_passes", self.student.forced_passes)
             name = f"composed, {self.student.head_passes} passes{', forced' if self.student.forced_passes else ''}"
-            swept = [{**row, "sampler": name} for row in sweep_thresholds(
-                self.student, self.teacher, self.thresholds, canvases, weights, check, states,
-                batch_size=self.decode_batch_size)]
-            bar = state_reference(swept) if bar is None else bar  # the first rule's
-            if passes_bar(swept[0], teacher_accuracy, self.tolerance, bar):  # its smallest threshold
-                best, within = choose_threshold(swept, teacher_accuracy, self.tolerance, bar)
+            sweeps.append((self.student.head_passes, self.student.forced_passes, [
+                {**row, "sampler": name} for row in sweep_thresholds(self.student, self.teacher, self.thresholds, canvases,
+                                                                     weights, check, states, batch_size=self.decode_batch_size)]))
+            rows += sweeps[-1][2]
+        # the references: the teacher's accuracy and the first rule's state accuracy at its smallest threshold; if
+        # that row is out of tolerance of the teacher, the first rule's own accuracy there (as choose_threshold does)
+        first = sweeps[0][2][0]
+        bar = state_reference(sweeps[0][2])
+        within_teacher = passes_bar(first, teacher_accuracy, self.tolerance, bar)
+        accuracy_ref = teacher_accuracy if within_teacher else first["accuracy"]
+        choices = []
+        for head_passes, forced, swept in sweeps:
+            if passes_bar(swept[0], accuracy_ref, self.tolerance, bar):  # its smallest threshold
+                best, ok = choose_threshold(swept, accuracy_ref, self.tolerance, bar)
             else:  # out of tolerance even at its smallest threshold: not a candidate
-                best, within = swept[0], False
-            rows += swept
-            choices.append({"head_passes": self.student.head_passes, "forced_passes": self.student.forced_passes,
-                            "threshold": best["threshold"], "accuracy": best["accuracy"], "nfe": best["nfe"],
-                            "within_tolerance": within})
-        ok = [c for c in choices if c["within_tolerance"]]
-        chosen = min(ok, key=lambda c: c["nfe"]) if ok else choices[0]
+                best, ok = swept[0], False
+            choices.append({"head_passes": head_passes, "forced_passes": forced, "threshold": best["threshold"],
+                            "accuracy": best["accuracy"], "nfe": best["nfe"], "candidate": ok})
+        ok = [c for c in choices if c["candidate"]] or choices[:1]
+        chosen = min(ok, key=lambda c: c["nfe"])
+        within = within_teacher
         self.student.head_passes, self.student.forced_passes = chosen["head_passes"], chosen["forced_passes"]
         self.student.threshold = chosen["threshold"]
         self.selection = {"split": "val", "pairs": len(canvases), "states": len(states[0]) if states else 0,
                           "state_reference": bar, "tolerance": self.tolerance, "rows": rows, "rules": choices,
-                          "chosen": chosen["threshold"], "chosen_rule": chosen, "within_tolerance": bool(ok)}
+                          "chosen": chosen["threshold"], "chosen_rule": chosen, "within_tolerance": within}
         print_choice(self.selection)
         print(f"decoding rule chosen: {chosen['head_passes']} head passes per forward"
               f"{', forced' if chosen['forced_passes'] else ''}, threshold {chosen['threshold']:g} "

@@ -151,3 +151,26 @@ def test_composed_training_exports_evaluates_and_reexports(paths_teacher, tmp_pa
     rows = json.loads((tmp_path / "eval" / "metrics.json").read_text())["rows"]
     assert rows[0]["sampler"] == "composed" and {"accuracy", "nfe", "head_passes", "wall_s"} <= set(rows[0])
     assert "head_passes" in compare([str(tmp_path / "eval")], tmp_path / "compare")["files"][0].read_text()
+
+
+def test_a_head_trains_on_a_student_export_through_config(paths_teacher, tmp_path):
+    """teacher=saved teacher.path=<a certainty student's export>: the joint head trains on its denoiser; the
+    export names that student as its teacher (its own teacher as root), evaluates with it, re-exports the same."""
+    datamodule, teacher_dir = PathsDataModule(**TINY_PATHS), paths_teacher[1]
+    torch.manual_seed(0)
+    certainty = certainty_export(tmp_path, teacher_dir, datamodule)
+    tiny = [f"data.{k}={v}" for k, v in TINY_PATHS.items()]
+    proc = run("fewstep-train", "experiment=joint_head_teacher", "data=paths", *tiny, f"teacher.path={certainty}",
+               "student.tokens_per_forward=2", "student.width=16", "student.n_head=2", "data.batch_size=8",
+               "trainer.max_steps=2", "trainer.val_check_interval=2", "objective.val_samples=8", "eval.num_samples=16",
+               "eval.batch_size=16", f"export_dir={tmp_path / 'head'}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    teacher_ref = json.loads((tmp_path / "head" / "sampler.json").read_text())["teacher"]
+    assert teacher_ref["path"] == str(certainty.resolve()) and teacher_ref["root"]["path"] == str(Path(teacher_dir).resolve())
+    again = run("fewstep-export", str(tmp_path / "run" / "checkpoints" / "final.ckpt"), str(tmp_path / "again"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_same_export(tmp_path / "head", tmp_path / "again")
+    proc = run("fewstep-eval", "data=paths", *tiny, "teacher=saved", f"teacher.path={certainty}", "sampler=saved",
+               f"sampler.path={tmp_path / 'head'}", "eval.num_samples=16", "eval.batch_size=16",
+               f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]

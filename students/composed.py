@@ -42,7 +42,8 @@ class ComposedSampler(AdaptiveSampler, nn.Module):
             transformers spec); it must carry its own denoiser.
         head: a JointHeadSampler's config (its head is used; `tokens_per_forward` is the number of
             passes it was trained to unroll from one forward), or None: no head.
-        head_passes: most head passes per full forward when decoding (None: the head's tokens_per_forward).
+        head_passes: most head passes per full forward when decoding (None: the head's tokens_per_forward;
+            without a head there are none).
         forced_passes: every head pass commits at least its most certain position, as the first does
             (ADJUST's one token per pass, plus whatever clears the threshold): a forward then reveals at
             least min(head_passes, masked) tokens. False: later passes commit only what clears the threshold.
@@ -58,8 +59,6 @@ class ComposedSampler(AdaptiveSampler, nn.Module):
             raise ValueError("a composed student decodes with its own distilled denoiser: build it from a certainty or "
                              "trajectory student's export (students.compose(DIR) or student.denoiser_path=DIR)")
         self.head = JointHeadSampler(**head) if head is not None else None
-        if head is None and head_passes is not None:
-            raise ValueError("head_passes needs a head (student.head)")
         self.head_passes = int(head_passes if head_passes is not None else self.head.tokens_per_forward) \
             if self.head is not None else None
         if self.head_passes is not None and self.head_passes < 1:

@@ -13,15 +13,17 @@ from torch import nn
 
 from students.ancestral_student import AncestralStudentSampler
 from students.chunk_head import ChunkHead, ChunkHeadSampler
+from students.composed import ComposedSampler, compose_on
 from students.entropy_threshold import EntropyThresholdSampler
-from students.export import check_teacher, load_student, save_student
+from students.export import check_teacher, load_denoiser as _load_denoiser, load_student, save_student
 from students.joint_head import JointHead, JointHeadSampler
 from students.learned_sampler import LearnedSampler
 from students.reveal_rule import FEATURES
 from students.rule_sampler import RuleSampler
 
 REGISTRY = {"LearnedSampler": LearnedSampler, "JointHeadSampler": JointHeadSampler, "ChunkHeadSampler": ChunkHeadSampler,
-            "EntropyThresholdSampler": EntropyThresholdSampler, "AncestralStudentSampler": AncestralStudentSampler}
+            "EntropyThresholdSampler": EntropyThresholdSampler, "AncestralStudentSampler": AncestralStudentSampler,
+            "ComposedSampler": ComposedSampler}
 
 
 def build(config: dict) -> nn.Module:
@@ -40,6 +42,22 @@ def load(path: str | os.PathLike, trust_remote_code: bool = False) -> nn.Module:
     return load_student(path, REGISTRY, trust_remote_code=trust_remote_code)
 
 
-__all__ = ["AncestralStudentSampler", "ChunkHead", "ChunkHeadSampler", "EntropyThresholdSampler", "FEATURES", "JointHead",
-           "JointHeadSampler", "LearnedSampler", "REGISTRY",
-           "RuleSampler", "build", "check_teacher", "load", "load_student", "save_student"]
+def load_denoiser(path: str | os.PathLike, trust_remote_code: bool = False) -> nn.Module:
+    """The fine-tuned denoiser of a student export (certainty, trajectory or composed), frozen, with the
+    Denoiser contract: it can be the teacher of another objective (`teacher=saved teacher.path=DIR`)."""
+    return _load_denoiser(path, REGISTRY, trust_remote_code=trust_remote_code)
+
+
+def compose(denoiser_path: str | os.PathLike, head: dict | None = None, head_passes: int | None = None,
+            threshold: float | None = None, block_size: int | None = None, forced_passes: bool = False,
+            trust_remote_code: bool = False) -> ComposedSampler:
+    """A composed student (students/composed.py) on the certainty or trajectory student exported at
+    `denoiser_path`: its denoiser and decoding rule, `threshold`/`block_size` replaced where given, and a
+    new head (a JointHeadSampler config, trained by objective=composed) if `head` is given."""
+    return compose_on(load(denoiser_path, trust_remote_code), head, head_passes, threshold, block_size,
+                      forced_passes)
+
+
+__all__ = ["AncestralStudentSampler", "ChunkHead", "ChunkHeadSampler", "ComposedSampler", "EntropyThresholdSampler",
+           "FEATURES", "JointHead", "JointHeadSampler", "LearnedSampler", "REGISTRY", "RuleSampler", "build",
+           "check_teacher", "compose", "load", "load_denoiser", "load_student", "save_student"]

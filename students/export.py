@@ -10,6 +10,11 @@
     DIR/config.yaml         the resolved training config (optional)
     DIR/README.md           model card: what it is, how to load it, its quality-vs-steps table
 
+`load_denoiser(DIR)` returns the fine-tuned denoiser alone, frozen, with the Denoiser contract, so a
+student's network can be the teacher of another objective (`teacher=saved teacher.path=DIR`: e.g. a
+joint-sampling head trained on a certainty-forced denoiser); it records the student's own teacher as
+its `root_ref`, and exports distilled from it record that root too.
+
 The directory is built under a temporary name beside DIR and renamed at the end, so an
 interrupted export leaves nothing at DIR.
 """
@@ -26,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from teachers.files import atomic_directory
-from teachers.saved import data_mismatch, read_meta, sha256_file
+from teachers.saved import data_mismatch, load_teacher, read_meta, sha256_file
 
 FORMAT = "fewstep-student/1"
 
@@ -145,6 +150,37 @@ def load_student(path: str | os.PathLike, registry: dict[str, Callable[..., nn.M
     student.method = meta.get("method", meta["class"])
     student.export_path = str(path)
     return student.eval()
+
+
+def load_denoiser(path: str | os.PathLike, registry: dict[str, Callable[..., nn.Module]],
+                  trust_remote_code: bool = False) -> nn.Module:
+    """The fine-tuned denoiser of the student export at `path` (its own weights, LoRA merged; an adapter-only
+    export is bound to the saved teacher it names), frozen and in eval mode.
+
+    Like a saved teacher it carries `data_spec` (the data the student was distilled on), `sha256` (the
+    digest of the export's sampler.json, which holds the digests of everything the export stores) and
+    `path`; `root_ref` is the student's own teacher reference (the teacher it was distilled from).
+    """
+    path = Path(path)
+    student = load_student(path, registry, trust_remote_code=trust_remote_code)
+    ref = student.teacher_ref
+    base = None
+    if getattr(student, "adapter_only", False):  # the base weights are the teacher's
+        if ref.get("kind") != "saved" or not ref.get("path"):
+            raise ValueError(f"the adapter-only student at {path} needs its teacher ({ref.get('kind')}), which cannot be "
+                             "loaded by path; export the student with merged weights (objective.export_adapter=false)")
+        base = load_teacher(ref["path"])
+    network = student.network(base) if hasattr(student, "network") else None
+    if network is None:
+        raise ValueError(f"the student at {path} ({type(student).__name__}) has no denoiser of its own; only students "
+                         "that fine-tune the teacher (objective=certainty, objective=trajectory, composed) can be a teacher")
+    meta = read_student_meta(path)
+    network.data_spec = meta.get("data") or ref.get("data")
+    network.sha256 = sha256_file(path / "sampler.json")
+    network.path = str(path.resolve())
+    network.kind = "saved"  # found again by path (teacher=saved teacher.path=DIR), checked by digest
+    network.root_ref = ref.get("root", ref)  # the first teacher of a chain of students
+    return network.eval().requires_grad_(False)
 
 
 def check_teacher(teacher_ref: dict, teacher: nn.Module, data: dict | None = None) -> None:

@@ -49,7 +49,9 @@ def test_every_experiment_composes_and_builds(experiment, tmp_path):
         assert cfg.student._target_.startswith("students.") and cfg.objective._target_.startswith("distill.")
         return
     if "teacher_path" in cfg.data:  # data the teacher generates (certainty forcing): built in test_certainty
-        assert cfg.teacher._target_.endswith("saved_teacher") and hasattr(instantiate(cfg.student, _convert_="all"), "sample")
+        assert cfg.teacher._target_.endswith("saved_teacher")
+        if cfg.student._target_ != "students.compose":  # a composed student needs a trained one: test_composed
+            assert hasattr(instantiate(cfg.student, _convert_="all"), "sample")
         return
     if cfg.get("teacher") and cfg.teacher._target_.endswith("hf_masked_lm"):  # a transformers teacher: a tiny one
         from tests.hf_fixtures import qa_file, tiny_bert

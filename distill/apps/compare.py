@@ -20,8 +20,8 @@ from pathlib import Path
 
 from distill.evaluation.report import markdown_table
 
-COLUMNS = ["method", "steps", "nfe", "tokens_per_forward", "gen_nll", "gen_ppl", "bigram_kl", "entropy", "accuracy",
-           "distinct_answers", "low_prob_rate", "wall_s", "speedup"]
+COLUMNS = ["method", "steps", "nfe", "head_passes", "tokens_per_forward", "gen_nll", "gen_ppl", "bigram_kl", "entropy",
+           "accuracy", "distinct_answers", "low_prob_rate", "wall_s", "speedup"]
 
 
 def find_metrics(paths: list[str]) -> list[Path]:

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from distill.apps.cli import check_new_dir
+from distill.apps.teacher_setup import load_saved
 from distill.objectives.masked_diffusion import MaskedDiffusionObjective
 from teachers.oracle import OracleDenoiser
-from teachers.saved import load_teacher
 from teachers.sources.hmm import HiddenMarkovSource, SourceConfig
 from teachers.transformer import TransformerDenoiser
 
@@ -61,8 +61,12 @@ def teacher_from_reference(ref: dict) -> nn.Module:
             raise ValueError(f"the checkpoint's oracle teacher has data {ref.get('data')!r}, which has no exact "
                              "conditionals fewstep can rebuild")
         return OracleDenoiser(HiddenMarkovSource.random(SourceConfig(**data))).eval()
-    if kind == "saved":
-        return load_teacher(ref["path"])
+    if kind == "saved":  # a teacher export, or a student export whose own denoiser taught
+        teacher = load_saved(ref["path"])
+        if ref.get("sha256") is not None and teacher.sha256 != ref["sha256"]:
+            raise ValueError(f"the teacher at {ref['path']} is not the one the student was distilled from (SHA-256 "
+                             f"{str(teacher.sha256)[:12]}... vs {ref['sha256'][:12]}... in the checkpoint)")
+        return teacher
     if "spec" in ref:  # transformers teachers
         from teachers.hf import load_hf_denoiser
 

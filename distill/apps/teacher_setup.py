@@ -1,10 +1,14 @@
 """Build the frozen teacher an app runs with: the oracle of the data's source, or a saved teacher
-checked against the data it is asked to run on."""
+checked against the data it is asked to run on. A saved teacher is a teacher export or the
+fine-tuned denoiser of a student export (`students.load_denoiser`): distilled networks teach too."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
+import students
 from teachers.hf import HFDiffusionLM, HFMaskedLM
 from teachers.oracle import OracleDenoiser
 from teachers.saved import data_mismatch, load_teacher
@@ -20,11 +24,21 @@ def oracle_teacher(datamodule) -> nn.Module:
     return OracleDenoiser(datamodule.source).eval()
 
 
+def load_saved(path: str) -> nn.Module:
+    """The denoiser at `path`, frozen: a teacher export (config.json), or a student export (sampler.json)
+    whose own fine-tuned denoiser it returns (certainty, trajectory or composed students)."""
+    if (Path(path) / "sampler.json").is_file():
+        return students.load_denoiser(path)
+    return load_teacher(path)
+
+
 def saved_teacher(path: str, datamodule) -> nn.Module:
-    """A teacher saved by `fewstep-train experiment=teacher_*`, frozen; its data must match."""
+    """A teacher saved by `fewstep-train experiment=teacher_*` (or a student export's own denoiser), frozen;
+    its data must match."""
     if path is None or path == "???":
-        raise ValueError("teacher=saved needs teacher.path=DIR (the export_dir of a teacher training run)")
-    teacher = load_teacher(path)
+        raise ValueError("teacher=saved needs teacher.path=DIR (the export_dir of a teacher training run, or of a "
+                         "certainty/trajectory student, whose fine-tuned denoiser then teaches)")
+    teacher = load_saved(path)
     expected = datamodule.spec()
     saved = teacher.data_spec
     kind_hint = f" with data={'paths' if saved.get('kind') == 'paths' else 'markov or hmm'}" \

@@ -24,6 +24,8 @@ def teacher_reference(teacher: nn.Module, data_spec: dict | None) -> dict:
                "sha256": getattr(teacher, "sha256", None), "data": data_spec}
         if hasattr(teacher, "spec"):  # transformers teachers: how to load it again (dtype, mask id, ...)
             ref["spec"] = teacher.spec()
+        if getattr(teacher, "root_ref", None):  # a student's denoiser teaching: the teacher it was distilled from
+            ref["root"] = teacher.root_ref
         return ref
     if hasattr(teacher, "source"):
         return {"kind": "oracle", "data": data_spec}

@@ -42,8 +42,9 @@ class SampleOutput:
     """tokens: (B, L) with no mask left; nfe: denoiser forward passes per sequence (the mean over
     rows for samplers whose rows stop at different steps); trace: (B, L) states after each step when
     asked for (return_trace=True), else None; head_passes: passes of a light head on top of the
-    denoiser (students.JointHeadSampler), not in nfe; nfe_per_row: (B,) forward passes of each row,
-    given by samplers with adaptive step counts, else None."""
+    denoiser (students.JointHeadSampler, students.ComposedSampler), not in nfe (per sequence, the mean
+    over rows for adaptive samplers); nfe_per_row: (B,) forward passes of each row, given by samplers
+    with adaptive step counts, else None."""
 
     tokens: Tensor
     nfe: int | float
@@ -234,6 +235,7 @@ class Sampler:
         eos_id = self.fill_id(net)
         everyone = torch.arange(tokens.shape[0], device=tokens.device)
         nfe_per_row = torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        passes_per_row = torch.zeros_like(nfe_per_row)  # adaptive samplers with a head: passes while unfinished
         nfe, passes = 0, 0
         trace = [] if return_trace else None
         for i in range(steps):
@@ -246,6 +248,9 @@ class Sampler:
                                   attention_mask[rows] if attention_mask is not None else None, generator)
             if eos_id is not None:
                 states[-1] = fill_after_end(states[-1], start_mask[rows], eos_id)
+            if self.adaptive and self.counts_head_passes:
+                for before in [x, *states[:-1]]:
+                    passes_per_row[rows] += (before == mask_id).any(-1).long()
             tokens[rows] = states[-1]
             nfe += 1
             nfe_per_row[rows] += 1
@@ -257,7 +262,9 @@ class Sampler:
                     trace.append(full)
         if self.adaptive:
             mean = nfe_per_row.double().mean().item() if len(nfe_per_row) else 0.0
-            return SampleOutput(tokens=tokens, nfe=mean, trace=trace, nfe_per_row=nfe_per_row)
+            head = passes_per_row.double().mean().item() if len(nfe_per_row) else 0.0
+            return SampleOutput(tokens=tokens, nfe=mean, trace=trace, nfe_per_row=nfe_per_row,
+                                head_passes=head if self.counts_head_passes else None)
         return SampleOutput(tokens=tokens, nfe=nfe, trace=trace, head_passes=passes if self.counts_head_passes else None)
 
 

@@ -57,7 +57,8 @@ def entropy_bounded_set(entropies: Tensor, candidates: Tensor, gamma: float) -> 
     return torch.zeros_like(candidates).scatter(1, order, accept) & candidates
 
 
-def threshold_set(sure: Tensor, candidates: Tensor, tau: float, rule: str, strict: bool = False) -> Tensor:
+def threshold_set(sure: Tensor, candidates: Tensor, tau: float, rule: str, strict: bool = False,
+                  at_least_one: bool = True) -> Tensor:
     """(B, L) bool: candidates at or past the threshold (confidence >= tau, entropy <= tau), and in
     every row with candidates at least the most certain one (ties: lower index first).
 
@@ -65,12 +66,16 @@ def threshold_set(sure: Tensor, candidates: Tensor, tau: float, rule: str, stric
         sure: (B, L) the `certainty` of each position.
         candidates: (B, L) bool, the positions that may be committed.
         strict: the entropy rule commits only strictly below tau (the certainty student's rule).
+        at_least_one: False: only the candidates past the threshold, possibly none (a composed
+            student's later head passes, students/composed.py).
     """
     if rule == "confidence":
         passes = sure >= tau
     else:
         passes = -sure < tau if strict else -sure <= tau
     commit = candidates & passes
+    if not at_least_one:
+        return commit
     best = sure.masked_fill(~candidates, float("-inf")).argmax(-1)  # (B,) first maximum
     rows = candidates.any(-1)
     commit[rows.nonzero().squeeze(1), best[rows]] = True

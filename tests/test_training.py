@@ -53,6 +53,16 @@ def test_training_loss_falls_on_a_short_fit(make_data):
     assert after < before - 0.2
 
 
+def test_validation_with_no_samples_logs_only_the_loss():
+    datamodule = SourceDataModule(vocab_size=6, hidden_states=6, seq_len=8, batch_size=16, val_size=32)
+    objective = tiny_objective(datamodule.vocab_size, datamodule.seq_len, val_samples=0)
+    trainer = L.Trainer(max_steps=2, val_check_interval=2, num_sanity_val_steps=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        accelerator="cpu")
+    trainer.fit(objective, datamodule=datamodule)
+    assert "val/loss" in trainer.callback_metrics and "val/gen_nll" not in trainer.callback_metrics
+
+
 def test_saved_teacher_round_trips_exactly(tmp_path):
     net = TransformerDenoiser(6, 8, n_layer=1, n_head=2, d_model=16, absolute_positions=True)
     save_teacher(net, tmp_path / "t", data={"kind": "hidden_markov", "seed": 0})

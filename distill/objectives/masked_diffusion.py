@@ -43,7 +43,7 @@ class MaskedDiffusionObjective(L.LightningModule):
         optimizer: a partial optimizer, called with the parameters.
         warmup_steps: linear warm-up, then cosine decay to 5% over trainer.max_steps.
         loss_weighting: "none" (masked CE) or "elbo" (1/t weights).
-        val_samples: sequences sampled at every validation to log sample quality.
+        val_samples: sequences sampled at every validation to log sample quality (0: none, only the loss).
         data_spec: what defines the training data (recorded in checkpoints and exports).
         seed: with the rank and the step, seeds each training step's masks (distill/seeding.py).
     """
@@ -94,7 +94,7 @@ class MaskedDiffusionObjective(L.LightningModule):
         self.log("val/loss", self.loss(batch, generator), prog_bar=True, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
-        if self.val_sampler is None or self.trainer.sanity_checking:
+        if self.val_sampler is None or self.trainer.sanity_checking or self.val_samples <= 0:
             return
         benchmark = self.trainer.datamodule.benchmark(split="val")  # never the test prompts
         steps = int(self.trainer.datamodule.answer_mask.sum())  # one token per step

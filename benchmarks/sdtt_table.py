@@ -74,7 +74,7 @@ def main() -> None:
     text, verdict, _ = table(args.out)
     meta = json.loads((args.out / "export" / "sampler.json").read_text())["sdtt"]
     head = (f"Divergence {meta['divergence']}, {len(meta['rounds'])} rounds of {meta['round_steps']} optimizer steps, "
-            f"runs in `{args.out}`:")
+            f"runs in `{args.out.name}`:")
     section = "\n".join([head, "", text, "", "Each round at its own steps (computed from the rows above):", "", *verdict, ""])
     if args.doc is None:
         print(section)

@@ -110,6 +110,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_composed_training_exports_evaluates_and_reexports(paths_teacher, tmp_path):
     """experiment=composed_paths end to end on a tiny graph: the export evaluates with the root teacher, shows
     head passes in fewstep-compare, and fewstep-export of the final checkpoint writes the same export; the
@@ -153,6 +154,7 @@ def test_composed_training_exports_evaluates_and_reexports(paths_teacher, tmp_pa
     assert "head_passes" in compare([str(tmp_path / "eval")], tmp_path / "compare")["files"][0].read_text()
 
 
+@pytest.mark.slow
 def test_a_head_trains_on_a_student_export_through_config(paths_teacher, tmp_path):
     """teacher=saved teacher.path=<a certainty student's export>: the joint head trains on its denoiser; the
     export names that student as its teacher (its own teacher as root), evaluates with it, re-exports the same."""

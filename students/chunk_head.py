@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from students.joint_head import JointHeadSampler
+from students.joint_head import JointHeadSampler, full_forward, head_width
 from teachers.samplers.base import draw_tokens, fill_after_end, reveal_counts
 
 
@@ -81,10 +81,7 @@ class ChunkHead(nn.Module):
     def __init__(self, embed_size: int, hidden_size: int, width: int | None = None, n_layer: int = 2, n_head: int = 4,
                  mlp_ratio: int = 4, max_distance: int = 32, zero_init: bool = True) -> None:
         super().__init__()
-        width = width or hidden_size
-        if width % n_head:
-            raise ValueError(f"the head's width {width} (null: the teacher's hidden size) must be divisible by "
-                             f"student.n_head={n_head}; pick a divisor or set student.width")
+        width = head_width(width, hidden_size, n_head)
         self.max_distance = max_distance
         self.norm_hidden, self.norm_embed = nn.LayerNorm(hidden_size), nn.LayerNorm(embed_size)
         self.query_in = nn.Linear(hidden_size, width)
@@ -184,10 +181,7 @@ class ChunkHeadSampler(JointHeadSampler):
         if self.head is None:
             raise ValueError("the head has no parameters yet: call resolve(teacher, seq_len) or load a trained export")
         counts = reveal_counts(start_mask.sum(-1), i, steps)
-        if attention_mask is None:
-            hidden = denoiser.hidden_states(tokens)
-        else:
-            hidden = denoiser.hidden_states(tokens, attention_mask=attention_mask)
+        hidden = full_forward(denoiser, tokens, attention_mask)
         positions = self.chunk_positions(masked, start_mask, int(counts.max()))
         cache = self.head.start(hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])), positions)
         eos_id = self.fill_id(denoiser)

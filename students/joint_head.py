@@ -68,6 +68,22 @@ def reveal_one(rule: MaskedSampler, logits: Tensor, tokens: Tensor, mask_id: int
     return torch.where(reveal, draws, tokens)
 
 
+def head_width(width: int | None, hidden_size: int, n_head: int) -> int:
+    """A head's layer width (null: the teacher's hidden size), checked against its number of attention heads."""
+    width = width or hidden_size
+    if width % n_head:
+        raise ValueError(f"the head's width {width} (null: the teacher's hidden size) must be divisible by "
+                         f"student.n_head={n_head}; pick a divisor or set student.width")
+    return width
+
+
+def full_forward(denoiser: nn.Module, tokens: Tensor, attention_mask: Tensor | None) -> Tensor:
+    """The denoiser's last hidden states (B, L, H) on `tokens`: the full forward a head's passes start from."""
+    if attention_mask is None:
+        return denoiser.hidden_states(tokens)
+    return denoiser.hidden_states(tokens, attention_mask=attention_mask)
+
+
 def local_attention_bias(n_head: int, max_distance: int) -> Tensor:
     """Initial attention bias (n_head, 2 * max_distance + 1) per relative offset: every head starts local.
 
@@ -104,10 +120,7 @@ class JointHead(nn.Module):
     def __init__(self, embed_size: int, hidden_size: int, width: int | None = None, n_layer: int = 1, n_head: int = 4,
                  mlp_ratio: int = 4, max_distance: int = 8, zero_init: bool = True) -> None:
         super().__init__()
-        width = width or hidden_size
-        if width % n_head:
-            raise ValueError(f"the head's width {width} (null: the teacher's hidden size) must be divisible by "
-                             f"student.n_head={n_head}; pick a divisor or set student.width")
+        width = head_width(width, hidden_size, n_head)
         self.max_distance = max_distance
         self.norm_embed = nn.LayerNorm(embed_size)
         self.norm_hidden = nn.LayerNorm(hidden_size)
@@ -224,10 +237,7 @@ class JointHeadSampler(Sampler, nn.Module):
                 attention_mask: Tensor | None, generator: torch.Generator | None) -> list[Tensor]:
         """One full forward, then this step's share of masked positions, one per head pass: the state after each pass."""
         counts = reveal_counts(start_mask.sum(-1), i, steps)  # (B,) tokens this forward reveals per row
-        if attention_mask is None:
-            hidden = denoiser.hidden_states(tokens)  # the full forward
-        else:
-            hidden = denoiser.hidden_states(tokens, attention_mask=attention_mask)
+        hidden = full_forward(denoiser, tokens, attention_mask)
         eos_id = self.fill_id(denoiser)
         states = []
         for m in range(int(counts.max())):

@@ -31,12 +31,14 @@ COLUMNS = ["graph_seed", "data_seed", "sampler", "accuracy", "nfe", "head_passes
 
 def parse_student(spec: str) -> tuple[str, str, dict]:
     """NAME=DIR or NAME=DIR:KEY=VALUE,... with the decoding rule's settings replaced (threshold, and for a
-    composed student head_passes and forced_passes), e.g. "composed, 0.3=D3:threshold=0.3,head_passes=2"."""
+    composed student head_passes and forced_passes; temperature for a head's draws), e.g.
+    "composed, 0.3=D3:threshold=0.3,head_passes=2" or "chunk head, argmax=D4:temperature=0"."""
     name, _, rest = spec.partition("=")
     path, _, settings = rest.partition(":")
     if not name or not path:
         raise SystemExit(f"--student takes NAME=DIR[:KEY=VALUE,...], got {spec!r}")
-    types = {"threshold": float, "head_passes": int, "forced_passes": lambda v: v.lower() in ("1", "true")}
+    types = {"threshold": float, "head_passes": int, "forced_passes": lambda v: v.lower() in ("1", "true"),
+             "temperature": float}
     changes = dict(kv.split("=", 1) for kv in settings.split(",") if kv)
     if set(changes) - set(types):
         raise SystemExit(f"--student {spec!r}: settings are {sorted(types)}")
@@ -75,7 +77,9 @@ def main() -> None:
         first: dict[str, dict] = {}
         for round_ in range(args.timing_repeats):
             for name, (sampler, steps) in samplers.items():
-                row, _, _ = evaluate_sampler(teacher, sampler, benchmark, steps or generated, args.num_samples,
+                if steps is None:  # a student's own full forwards (adaptive ones ignore the count)
+                    steps = sampler.default_steps(generated)[0] if hasattr(sampler, "default_steps") else generated
+                row, _, _ = evaluate_sampler(teacher, sampler, benchmark, steps, args.num_samples,
                                              args.batch_size, seed=0, sampler_name=name)
                 if name not in first:
                     first[name] = row

@@ -2,7 +2,7 @@
 
 The ADJUST head (students/joint_head.py) re-runs a transformer layer over the whole sequence for
 every token it reveals, so its L passes cost, on a small teacher, about as much as the teacher
-forwards they save. With a fixed order (the dilated one) the K positions a full forward reveals
+forwards they save. With a fixed order (dilated, or left to right) the K positions a full forward reveals
 are known before the forward, and only they need work. The chunk head is a small causal decoder
 over those K positions, in reveal order:
 
@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from students.joint_head import JointHeadSampler, full_forward, head_width
+from students.joint_head import FIXED_ORDERS, JointHeadSampler, full_forward, head_width
 from teachers.samplers.base import draw_tokens, fill_after_end, reveal_counts
 
 
@@ -142,9 +142,10 @@ class ChunkHead(nn.Module):
 
 
 class ChunkHeadSampler(JointHeadSampler):
-    """One full denoiser forward, then one cheap head pass per token the forward reveals, in the dilated order.
+    """One full denoiser forward, then one cheap head pass per token the forward reveals, in a fixed order.
 
-    Same interface, training trajectory and step counts as JointHeadSampler with reveal="dilated";
+    Same interface, training trajectory and step counts as JointHeadSampler with reveal="dilated" (the
+    default, for unconditional sources) or "left_to_right" (a conditional answer written in order);
     the head is a `ChunkHead`. `steps` counts full forwards; head passes are reported separately.
     """
 
@@ -153,9 +154,10 @@ class ChunkHeadSampler(JointHeadSampler):
     def __init__(self, tokens_per_forward: int = 4, hidden_size: int | None = None, embed_size: int | None = None,
                  width: int | None = 64, n_layer: int = 2, n_head: int = 4, mlp_ratio: int = 4, max_distance: int = 32,
                  reveal: str = "dilated", temperature: float = 1.0, zero_init: bool = True, eos_fill: bool = False) -> None:
-        if reveal != "dilated":
+        if reveal not in FIXED_ORDERS:
             raise ValueError(f"the chunk head needs a reveal order known before the forward: student.reveal must be "
-                             f"'dilated', got {reveal!r} (for an order that depends on the logits use student=joint_head)")
+                             f"one of {FIXED_ORDERS}, got {reveal!r} (for an order that depends on the logits use "
+                             "student=joint_head)")
         super().__init__(tokens_per_forward, hidden_size, embed_size, width, n_layer, n_head, mlp_ratio, max_distance,
                          reveal, temperature, zero_init, eos_fill)
 
@@ -171,7 +173,7 @@ class ChunkHeadSampler(JointHeadSampler):
         return super().resolve(denoiser, seq_len)
 
     def chunk_positions(self, masked: Tensor, start_mask: Tensor, count: int) -> Tensor:
-        """(B, count) the next `count` masked positions in the dilated order, first revealed first."""
+        """(B, count) the next `count` masked positions in the fixed order, first revealed first."""
         scores = self.rule.scores(None, None, masked, start_mask, None).masked_fill(~masked, -math.inf)
         return scores.topk(count, dim=-1).indices
 
@@ -195,6 +197,7 @@ class ChunkHeadSampler(JointHeadSampler):
             tokens[rows, at] = torch.where(m < counts, draws, tokens[rows, at])
             if eos_id is not None:
                 tokens = fill_after_end(tokens, start_mask, eos_id)
-            self.head.add_token(cache, m, denoiser.embed(tokens[rows, at][:, None])[:, 0])
+            # the embedding of the whole canvas, read at the position: it may carry absolute positions
+            self.head.add_token(cache, m, denoiser.embed(tokens)[rows, at])
             states.append(tokens)
         return states

@@ -23,12 +23,14 @@ import torch
 from torch import Tensor, nn
 
 from teachers.samplers.ancestral import AncestralSampler
+from teachers.samplers.blockwise import BlockwiseSampler
 from teachers.samplers.confidence import SCORES, ConfidenceSampler
 from teachers.samplers.dilated import DilatedSampler
 from teachers.samplers.base import MaskedSampler, Sampler, draw_tokens, fill_after_end, reveal_counts, top_k_mask
 from teachers.transformer import Block
 
-RULES = (*SCORES, "random", "dilated")
+RULES = (*SCORES, "random", "dilated", "left_to_right")
+FIXED_ORDERS = ("dilated", "left_to_right")  # known before the forward: the chunk head can use them
 
 
 def denoiser_sizes(denoiser: nn.Module, seq_len: int) -> tuple[int, int]:
@@ -50,6 +52,8 @@ def reveal_rule(reveal: str, temperature: float) -> MaskedSampler:
         return AncestralSampler(temperature)
     if reveal == "dilated":
         return DilatedSampler(temperature)
+    if reveal == "left_to_right":  # one block over the whole masked span: the first masked position first
+        return BlockwiseSampler(temperature, block_size=2**62, order="left_to_right")
     return ConfidenceSampler(temperature, score=reveal)
 
 
@@ -161,7 +165,8 @@ class JointHeadSampler(Sampler, nn.Module):
         reveal: which masked position each pass reveals: "neg_entropy" (lowest entropy, default),
             "max_prob", "margin", "sampled", "random", or "dilated" (the fixed dilated order: the K
             passes of a forward reveal the positions the dilated sampler reveals together in one step,
-            spread apart, and the head draws them jointly instead of independently).
+            spread apart, and the head draws them jointly instead of independently), or "left_to_right"
+            (the first masked position first: a conditional answer written in order).
         temperature: tokens are drawn from softmax(logits / temperature).
         eos_fill: a committed end token turns every later answer position into the end token
             (applied after each full forward's head passes).
@@ -181,13 +186,21 @@ class JointHeadSampler(Sampler, nn.Module):
         self.width, self.n_layer, self.n_head, self.mlp_ratio = width, n_layer, n_head, mlp_ratio
         self.max_distance, self.zero_init = max_distance, zero_init
         self.reveal = reveal
-        self.temperature = temperature
-        self.eos_fill = bool(eos_fill)
         self.rule = reveal_rule(reveal, temperature)
+        self.eos_fill = bool(eos_fill)
         self.hidden_size = self.embed_size = None
         self.head: JointHead | None = None
         if hidden_size is not None:
             self.build(embed_size or hidden_size, hidden_size)
+
+    @property
+    def temperature(self) -> float:
+        """Tokens are drawn from softmax(logits / temperature); setting it changes the reveal rule's draws too."""
+        return self.rule.temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.rule.temperature = value
 
     def build(self, embed_size: int, hidden_size: int) -> None:
         self.embed_size, self.hidden_size = int(embed_size), int(hidden_size)

@@ -14,7 +14,7 @@ from distill.objectives.chunk_head import ChunkHeadObjective, revealed_positions
 from distill.objectives.joint_head import teacher_trajectory
 from distill.objectives.losses import forward_kl
 from students import ChunkHeadSampler
-from teachers import DilatedSampler, HiddenMarkovSource, OracleDenoiser, SourceConfig, TransformerDenoiser
+from teachers import BlockwiseSampler, DilatedSampler, HiddenMarkovSource, OracleDenoiser, SourceConfig, TransformerDenoiser
 from tests.test_adaptive_samplers import chi_square
 
 
@@ -91,6 +91,45 @@ def test_passes_reveal_one_token_each_in_the_dilated_order():
         assert ((before != after).sum(-1) <= 1).all()
 
 
+def test_left_to_right_head_writes_a_prompted_answer_in_order_and_untrained_is_the_blockwise_sampler():
+    teacher = tiny_transformer()
+    prompt = torch.full((3, 8), teacher.mask_id)
+    prompt[:, :2] = torch.tensor([[0, 1], [2, 3], [4, 5]])
+    for K, steps in [(1, 6), (3, 2), (6, 1)]:  # ceil(6 answer tokens / K) full forwards
+        head = ChunkHeadSampler(K, width=8, n_head=2, reveal="left_to_right", temperature=0).resolve(teacher, 8)
+        out = head.sample(teacher, prompt=prompt, generator=torch.Generator().manual_seed(0))
+        ref = BlockwiseSampler(temperature=0, block_size=8).sample(teacher, steps, prompt=prompt)
+        assert torch.equal(out.tokens, ref.tokens) and (out.nfe, out.head_passes) == (steps, 6)
+    moved = randomised(ChunkHeadSampler(3, width=8, n_head=2, reveal="left_to_right").resolve(teacher, 8))
+    out = moved.sample(teacher, prompt=prompt, generator=torch.Generator().manual_seed(0), return_trace=True)
+    states = [prompt] + out.trace
+    order = [int((b != a).nonzero()[0, 1]) for a, b in zip(states, states[1:])]
+    assert order == [2, 3, 4, 5, 6, 7] and torch.equal(out.tokens[:, :2], prompt[:, :2])
+    for before, after in zip(states, states[1:]):
+        assert torch.equal((before != after).sum(-1), torch.ones(3, dtype=torch.long))
+
+
+def test_sampling_passes_see_what_training_shows_the_head_with_absolute_positions():
+    """Each pass's logits when sampling equal the training-time (parallel) head's on the same forward's hidden
+    states and the drawn tokens' embeddings, which carry absolute positions here."""
+    torch.manual_seed(0)
+    teacher = TransformerDenoiser(6, 8, n_layer=1, n_head=2, d_model=16, absolute_positions=True).eval()
+    torch.nn.init.normal_(teacher.pos_emb.weight, std=2.0)  # positions that matter, as after training
+    head = randomised(ChunkHeadSampler(6, width=8, n_head=2, reveal="left_to_right").resolve(teacher, 8))
+    prompt = torch.full((16, 8), teacher.mask_id)
+    prompt[:, :2] = torch.randint(6, (16, 2), generator=torch.Generator().manual_seed(3))
+    lm_head, passes = teacher.lm_head, []
+    teacher.lm_head = lambda hidden: passes.append(lm_head(hidden)) or passes[-1]  # records every pass's logits
+    out = head.sample(teacher, prompt=prompt, generator=torch.Generator().manual_seed(0))
+    teacher.lm_head = lm_head
+    positions = torch.arange(2, 8).expand(16, -1)
+    with torch.no_grad():
+        hidden = teacher.hidden_states(prompt)[:, 2:]
+        parallel = teacher.lm_head(head.head(hidden, teacher.embed(out.tokens)[:, 2:], positions))
+    assert out.nfe == 1 and len(passes) == 6
+    assert torch.allclose(torch.cat(passes, 1), parallel, atol=1e-5)
+
+
 def test_deterministic_under_a_generator_and_exact_at_one_token_per_forward():
     source = HiddenMarkovSource.random(SourceConfig(seed=4, hidden_states=3, vocab_size=3, seq_len=4, successors=2,
                                                     smoothing=0.1))
@@ -104,7 +143,7 @@ def test_deterministic_under_a_generator_and_exact_at_one_token_per_forward():
 
 
 def test_only_a_fixed_order_and_an_unshifted_model():
-    with pytest.raises(ValueError, match="student.reveal must be 'dilated'.*student=joint_head"):
+    with pytest.raises(ValueError, match=r"student.reveal must be one of \('dilated', 'left_to_right'\).*student=joint_head"):
         ChunkHeadSampler(4, reveal="neg_entropy")
     shifted = tiny_transformer()
     shifted.shift_logits = True

@@ -75,7 +75,7 @@ def run(cfg: DictConfig) -> None:
     trainer.fit(objective, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     # what the export below writes, as a checkpoint (after on_fit_end: selected weights, chosen threshold):
     # `fewstep-export checkpoints/final.ckpt DIR` writes the same files (every rank calls it; rank 0 writes)
-    trainer.save_checkpoint(checkpoint_dir / "final.ckpt")
+    trainer.save_checkpoint(checkpoint_dir / "final.ckpt", weights_only=False)  # full state: it also resumes
     if not trainer.is_global_zero:
         return
 

@@ -35,11 +35,20 @@ def build(config: dict) -> nn.Module:
     return REGISTRY[name](**config)
 
 
-def load(path: str | os.PathLike, trust_remote_code: bool = False) -> nn.Module:
+def load(path: str | os.PathLike, trust_remote_code: bool = False, temperature: float | None = None) -> nn.Module:
     """A ready-to-use student from an export directory (checks the weights' SHA-256). An export whose
     denoiser ships Python code is refused unless `trust_remote_code=True` (the CLI apps take it from
-    `teacher.trust_remote_code`)."""
-    return load_student(path, REGISTRY, trust_remote_code=trust_remote_code)
+    `teacher.trust_remote_code`). `temperature` replaces the exported one for the draws (0: argmax), e.g.
+    to measure how many distinct answers an argmax student can also give."""
+    if temperature is not None and temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0: argmax) or null (the export's own), got {temperature}")
+    student = load_student(path, REGISTRY, trust_remote_code=trust_remote_code)
+    if temperature is not None:
+        if not hasattr(student, "temperature"):
+            raise ValueError(f"the {type(student).__name__} at {path} draws no tokens at a temperature; "
+                             "leave sampler.temperature null")
+        student.temperature = float(temperature)
+    return student
 
 
 def load_denoiser(path: str | os.PathLike, trust_remote_code: bool = False) -> nn.Module:

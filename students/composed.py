@@ -69,7 +69,8 @@ class ComposedSampler(AdaptiveSampler, nn.Module):
     threshold = property(lambda self: self.decoder.threshold,
                          lambda self, value: setattr(self.decoder, "threshold", float(value)))
     block_size = property(lambda self: self.decoder.block_size)
-    temperature = property(lambda self: self.decoder.temperature)
+    temperature = property(lambda self: self.decoder.temperature,
+                           lambda self, value: setattr(self.decoder, "temperature", float(value)))
     eos_fill = property(lambda self: self.decoder.eos_fill)
     max_steps = property(lambda self: self.decoder.max_steps)
 

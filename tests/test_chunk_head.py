@@ -35,10 +35,11 @@ def randomised(sampler: ChunkHeadSampler) -> ChunkHeadSampler:
     return sampler
 
 
-def objective_for(teacher, tokens_per_forward: int = 4, **student) -> ChunkHeadObjective:
+def objective_for(teacher, tokens_per_forward: int = 4, trajectory_temperature: float | None = None,
+                  **student) -> ChunkHeadObjective:
     return ChunkHeadObjective(student=ChunkHeadSampler(tokens_per_forward, width=16, n_head=2, **student),
                               teacher=teacher, optimizer=partial(torch.optim.AdamW, lr=3e-3), vocab_size=6, seq_len=8,
-                              val_samples=0)
+                              val_samples=0, trajectory_temperature=trajectory_temperature)
 
 
 @pytest.mark.parametrize("make_teacher", [lambda: OracleDenoiser(tiny_data().source), tiny_transformer],
@@ -201,3 +202,24 @@ def test_training_lowers_the_loss_and_never_touches_the_teacher(tmp_path):
     a = objective.student.eval().sample(teacher, batch_size=32, seq_len=8, generator=torch.Generator().manual_seed(7))
     b = loaded.sample(teacher, batch_size=32, seq_len=8, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a.tokens, b.tokens) and (b.nfe, b.head_passes) == (2, 8)
+    argmax = students.load(tmp_path / "export", temperature=0)  # sampler=saved sampler.temperature=0
+    assert argmax.temperature == 0 and argmax.rule.temperature == 0 and loaded.temperature == 1
+    c, d = (argmax.sample(teacher, batch_size=32, seq_len=8, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    assert torch.equal(c.tokens, d.tokens)  # argmax: the generator does not matter
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        students.load(tmp_path / "export", temperature=-1)
+
+
+def test_trajectory_temperature_draws_the_training_states_not_the_student():
+    teacher = tiny_transformer()
+    objective = objective_for(teacher, temperature=0.0, trajectory_temperature=1.0)
+    assert objective.trajectory_rule.temperature == 1.0 and objective.student.rule.temperature == 0.0
+    canvas = torch.full((64, 8), teacher.mask_id)
+    sampled = [teacher_trajectory(teacher, canvas, objective.trajectory_rule, torch.Generator().manual_seed(s))["final"]
+               for s in (0, 1)]
+    argmax = teacher_trajectory(teacher, canvas, objective.student.rule, torch.Generator().manual_seed(0))["final"]
+    assert not torch.equal(sampled[0], sampled[1]) and (argmax == argmax[0]).all()  # argmax: one trajectory
+    plain = objective_for(teacher, temperature=0.0)
+    assert plain.trajectory_rule is plain.student.rule  # null: the student's own draws
+    with pytest.raises(ValueError, match="trajectory_temperature must be >= 0"):
+        objective_for(teacher, trajectory_temperature=-0.5)

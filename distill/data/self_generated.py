@@ -286,6 +286,8 @@ class SelfGeneratedDataModule(PathsDataModule):
             (see the module docstring).
     """
 
+    trains_on_split = True  # training prompts come from the train pairs only (students record the split)
+
     def __init__(self, teacher_path: str, cache_dir: str = "runs/self_generated", temperature: float = 0.0,
                  order: str = "left_to_right", block_size: int = 32, draws_per_prompt: int = 1, prefix_draws: int = 0,
                  prefix_fraction: float = 0.5, val_prefix_draws: int = 0, trajectory: bool = False, **paths) -> None:

@@ -45,7 +45,7 @@ class ChunkHeadObjective(JointHeadObjective):
 
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         teacher, mask_id, K = self.teacher, self.teacher.mask_id, self.student.tokens_per_forward
-        path = teacher_trajectory(teacher, start_canvas(batch, mask_id), self.student.rule, generator)
+        path = teacher_trajectory(teacher, start_canvas(batch, mask_id), self.trajectory_rule, generator)
         T = len(path["states"])
         positions, valid = revealed_positions(path["states"], path["final"], mask_id)
         with torch.no_grad():

@@ -13,6 +13,8 @@ and passes (losses.multi_pass_forward_kl). The teacher's targets and hidden stat
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
@@ -58,7 +60,11 @@ class JointHeadObjective(StudentObjective):
 
     objective_name = "joint_head"
 
-    def __init__(self, student: nn.Module | dict, teacher: nn.Module, *args, seq_len: int, **kwargs) -> None:
+    def __init__(self, student: nn.Module | dict, teacher: nn.Module, *args, seq_len: int,
+                 trajectory_temperature: float | None = None, **kwargs) -> None:
+        if trajectory_temperature is not None and trajectory_temperature < 0:
+            raise ValueError(f"objective.trajectory_temperature must be >= 0 or null (the student's temperature), "
+                             f"got {trajectory_temperature}")
         if not isinstance(student, nn.Module):
             student = students.build(OmegaConf.to_container(student, resolve=True) if OmegaConf.is_config(student)
                                      else dict(student))
@@ -66,14 +72,42 @@ class JointHeadObjective(StudentObjective):
             raise ValueError(f"objective=joint_head trains a JointHeadSampler, got {type(student).__name__}; "
                              "use student=joint_head")
         student.resolve(teacher, seq_len)
-        super().__init__(student, teacher, *args, seq_len=seq_len, **kwargs)
+        super().__init__(student, teacher, *args, seq_len=seq_len, trajectory_temperature=trajectory_temperature, **kwargs)
+        self.trajectory_temperature = trajectory_temperature
+        self.prompt_split: dict | None = None  # the (start, goal) pairs it trained on, when the data keep a split
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        datamodule = self.trainer.datamodule
+        if getattr(datamodule, "trains_on_split", False):  # e.g. paths' self-generated data: train pairs only
+            self.prompt_split = datamodule.split_spec()
+
+    def student_record(self) -> dict:
+        return {**super().student_record(), "prompt_split": self.prompt_split}
+
+    def restore_record(self, record: dict) -> None:
+        super().restore_record(record)
+        self.prompt_split = record.get("prompt_split")
+
+    def export_extra(self) -> dict:
+        return {"prompt_split": self.prompt_split} if self.prompt_split is not None else {}
+
+    @property
+    def trajectory_rule(self):
+        """The exact sampler whose trajectories give the training states: the student's reveal order, its tokens
+        drawn at `trajectory_temperature` (null: the student's own; e.g. 1 for diverse states under an argmax student)."""
+        if self.trajectory_temperature is None:
+            return self.student.rule
+        rule = copy.copy(self.student.rule)
+        rule.temperature = self.trajectory_temperature
+        return rule
 
     def loss(self, batch: dict[str, Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         mask_id = self.teacher.mask_id
         K = self.student.tokens_per_forward
         # 1. the exact sampler's trajectory, with the teacher's hidden states on every state
         canvas = start_canvas(batch, mask_id)
-        path = teacher_trajectory(self.teacher, canvas, self.student.rule, generator)
+        path = teacher_trajectory(self.teacher, canvas, self.trajectory_rule, generator)
         T = len(path["states"])
         cols = generated_columns(self.teacher, canvas)  # the LM head runs only where targets are read
         starts = range(0, T, K)  # full forwards where the sampler makes them; chunks stacked along the batch

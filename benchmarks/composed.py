@@ -56,11 +56,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=8, help="draws per prompt (answer diversity)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--timing-repeats", type=int, default=3)
+    ap.add_argument("--teacher-sampled", action="store_true", help="also the teacher at temperature 1 (diversity)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     teacher = load_teacher(args.teacher)
     samplers = {"teacher, argmax, 1 token/step": (BlockwiseSampler(temperature=0.0), 16)}
+    if args.teacher_sampled:  # the teacher's own answer diversity, beside the students' sampled rows
+        samplers["teacher, sampled, 1 token/step"] = (BlockwiseSampler(temperature=1.0), 16)
     for name, path, changes in map(parse_student, args.student):
         student = students.load(path)
         for key, value in changes.items():

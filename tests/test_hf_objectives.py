@@ -60,8 +60,9 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 # --- lsd and joint_head on a text corpus -----------------------------------------------------------
-@pytest.mark.parametrize("name", ["bert", "diff"])
-@pytest.mark.parametrize("experiment, nfe", [("lsd_teacher", 4), ("joint_head_teacher", 4)])
+@pytest.mark.parametrize("experiment, nfe, name", [  # each objective on one model in the fast suite (~15-20 s each)
+    ("lsd_teacher", 4, "bert"), pytest.param("lsd_teacher", 4, "diff", marks=pytest.mark.slow),
+    ("joint_head_teacher", 4, "diff"), pytest.param("joint_head_teacher", 4, "bert", marks=pytest.mark.slow)])
 def test_text_objectives_train_export_load_and_sample(hf, tmp_path, name, experiment, nfe):
     student_args = ["student.steps=4"] if experiment == "lsd_teacher" else ["student.tokens_per_forward=4"]
     proc = run("fewstep-train", f"experiment={experiment}", *teacher_args(hf, name), "data=text_files",
@@ -86,7 +87,10 @@ def test_text_objectives_train_export_load_and_sample(hf, tmp_path, name, experi
 
 
 # --- certainty forcing on a prompt file ------------------------------------------------------------
-CERTAINTY_RUNS = [(name, variant, False) for variant in ("lora_merged", "lora_adapter", "full") for name in ("bert", "diff")]
+# each variant on one model in the fast suite, on the other with the slow one (~25 s each)
+CERTAINTY_RUNS = [(name, variant, False) if fast else pytest.param(name, variant, False, marks=pytest.mark.slow)
+                  for variant, fast_name in (("lora_merged", "bert"), ("lora_adapter", "diff"), ("full", "bert"))
+                  for name in ("bert", "diff") for fast in [name == fast_name]]
 CERTAINTY_RUNS += [pytest.param("bert", "full", True, marks=pytest.mark.slow),  # + fewstep-eval: ~30 s each
                    pytest.param("diff", "lora_adapter", True, marks=pytest.mark.slow)]
 

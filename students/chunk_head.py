@@ -35,6 +35,21 @@ def distance_bias(n_head: int, max_distance: int) -> Tensor:
     return torch.stack([-(0.25 ** h) / 2 * offsets if h < n_head - 1 else 0 * offsets for h in range(n_head)])
 
 
+def embeds_positions(denoiser: nn.Module, tokens: Tensor) -> bool:
+    """Whether the denoiser's `embed` adds absolute positions (one token at two positions embeds differently)."""
+    probe = tokens[:1, :1].expand(1, 2)
+    embedded = denoiser.embed(probe)
+    return not torch.equal(embedded[0, 0], embedded[0, 1])
+
+
+def embed_at(denoiser: nn.Module, tokens: Tensor, rows: Tensor, at: Tensor, positional: bool) -> Tensor:
+    """(B, E) the embedding of tokens[rows, at] as the whole canvas's embedding has it; only a model whose
+    embedding carries positions pays for embedding the whole canvas."""
+    if positional:
+        return denoiser.embed(tokens)[rows, at]
+    return denoiser.embed(tokens[rows, at][:, None])[:, 0]
+
+
 class ChunkLayer(nn.Module):
     """Query rows attend to the cached token rows before them and to themselves, then an MLP."""
 
@@ -59,11 +74,17 @@ class ChunkLayer(nn.Module):
 
     def forward(self, query: Tensor, token_k: Tensor, token_v: Tensor, bias: Tensor) -> Tensor:
         """query (B, Q, W); token keys/values (B, nh, R, hs); bias (B, nh, Q, R + Q) with -inf where not seen."""
+        q, k, v = self.heads_qkv(query)
+        return self.attend(query, q, torch.cat([token_k, k], 2), torch.cat([token_v, v], 2), bias)
+
+    def heads_qkv(self, query: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = self.query_qkv(self.norm_query(query)).chunk(3, dim=-1)
-        q, k, v = self.heads(q), self.heads(k), self.heads(v)
+        return self.heads(q), self.heads(k), self.heads(v)
+
+    def attend(self, query: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
         # plain attention: with one or a few query rows it is several times faster on CPU than SDPA's kernel
-        scores = q @ torch.cat([token_k, k], 2).transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias
-        y = scores.softmax(-1) @ torch.cat([token_v, v], 2)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias
+        y = scores.softmax(-1) @ v
         query = query + self.proj(y.transpose(1, 2).reshape(query.shape))
         return query + self.mlp(self.norm_mlp(query))
 
@@ -120,25 +141,32 @@ class ChunkHead(nn.Module):
 
     # --- sampling: one pass at a time, token rows cached ------------------------------------------
     def start(self, hidden: Tensor, positions: Tensor) -> dict:
-        """A chunk's cache: hidden (B, K, H) at the positions (B, K) in reveal order; no token drawn yet."""
-        empty = hidden.new_zeros(hidden.shape[0], self.layers[0].n_head, 0, self.query_in.out_features // self.layers[0].n_head)
-        return {"hidden": hidden, "positions": positions, "query": self.query_in(self.norm_hidden(hidden)),
-                "keys": [(empty, empty) for _ in self.layers]}
+        """A chunk's cache: hidden (B, K, H) at the positions (B, K) in reveal order; no token drawn yet.
+
+        Per layer, keys and values (B, nh, K, hs) preallocated: slot i holds the token drawn at position i
+        once it is drawn; while pass m runs, slot m holds the query's own key and value (pass m sees slots
+        0..m), and `add_token` then overwrites it with the drawn token's."""
+        B, K = positions.shape
+        n_head = self.layers[0].n_head
+        shape = (B, n_head, K, self.query_in.out_features // n_head)
+        return {"hidden": hidden, "query": self.query_in(self.norm_hidden(hidden)),
+                "bias": self.offset_bias(positions, positions),  # (B, nh, K, K): row m, keys 0..m
+                "keys": [(hidden.new_empty(shape), hidden.new_empty(shape)) for _ in self.layers]}
 
     def query(self, cache: dict, m: int) -> Tensor:
         """The head's hidden state (B, H) for the chunk's position m, given the tokens drawn at 0..m-1."""
-        positions = cache["positions"]
-        bias = self.offset_bias(positions[:, m:m + 1], positions[:, : m + 1])  # keys: tokens 0..m-1, then itself
+        bias = cache["bias"][:, :, m:m + 1, : m + 1]
         query = cache["query"][:, m:m + 1]
         for layer, (k, v) in zip(self.layers, cache["keys"]):
-            query = layer(query, k, v, bias)
+            q, k[:, :, m:m + 1], v[:, :, m:m + 1] = layer.heads_qkv(query)
+            query = layer.attend(query, q, k[:, :, : m + 1], v[:, :, : m + 1], bias)
         return self.output(cache["hidden"][:, m], query[:, 0])
 
     def add_token(self, cache: dict, m: int, embedded: Tensor) -> None:
         """Cache the keys and values of the token (B, E) drawn at the chunk's position m."""
         row = self.token_rows(cache["hidden"][:, m:m + 1], embedded[:, None])
-        cache["keys"] = [tuple(torch.cat([old, new], 2) for old, new in zip(kv, layer.token_keys(row)))
-                         for layer, kv in zip(self.layers, cache["keys"])]
+        for layer, (k, v) in zip(self.layers, cache["keys"]):
+            k[:, :, m:m + 1], v[:, :, m:m + 1] = layer.token_keys(row)
 
 
 class ChunkHeadSampler(JointHeadSampler):
@@ -188,6 +216,7 @@ class ChunkHeadSampler(JointHeadSampler):
         cache = self.head.start(hidden.gather(1, positions[..., None].expand(-1, -1, hidden.shape[-1])), positions)
         eos_id = self.fill_id(denoiser)
         rows = torch.arange(tokens.shape[0], device=tokens.device)
+        positional = embeds_positions(denoiser, tokens)
         states = []
         for m in range(positions.shape[1]):
             logits = denoiser.lm_head(self.head.query(cache, m)[:, None])[:, 0]  # (B, V)
@@ -197,7 +226,6 @@ class ChunkHeadSampler(JointHeadSampler):
             tokens[rows, at] = torch.where(m < counts, draws, tokens[rows, at])
             if eos_id is not None:
                 tokens = fill_after_end(tokens, start_mask, eos_id)
-            # the embedding of the whole canvas, read at the position: it may carry absolute positions
-            self.head.add_token(cache, m, denoiser.embed(tokens)[rows, at])
+            self.head.add_token(cache, m, embed_at(denoiser, tokens, rows, at, positional))
             states.append(tokens)
         return states

@@ -74,17 +74,11 @@ class ChunkLayer(nn.Module):
 
     def forward(self, query: Tensor, token_k: Tensor, token_v: Tensor, bias: Tensor) -> Tensor:
         """query (B, Q, W); token keys/values (B, nh, R, hs); bias (B, nh, Q, R + Q) with -inf where not seen."""
-        q, k, v = self.heads_qkv(query)
-        return self.attend(query, q, torch.cat([token_k, k], 2), torch.cat([token_v, v], 2), bias)
-
-    def heads_qkv(self, query: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = self.query_qkv(self.norm_query(query)).chunk(3, dim=-1)
-        return self.heads(q), self.heads(k), self.heads(v)
-
-    def attend(self, query: Tensor, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+        q, k, v = self.heads(q), self.heads(k), self.heads(v)
         # plain attention: with one or a few query rows it is several times faster on CPU than SDPA's kernel
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias
-        y = scores.softmax(-1) @ v
+        scores = q @ torch.cat([token_k, k], 2).transpose(-1, -2) / math.sqrt(q.shape[-1]) + bias
+        y = scores.softmax(-1) @ torch.cat([token_v, v], 2)
         query = query + self.proj(y.transpose(1, 2).reshape(query.shape))
         return query + self.mlp(self.norm_mlp(query))
 
@@ -141,32 +135,26 @@ class ChunkHead(nn.Module):
 
     # --- sampling: one pass at a time, token rows cached ------------------------------------------
     def start(self, hidden: Tensor, positions: Tensor) -> dict:
-        """A chunk's cache: hidden (B, K, H) at the positions (B, K) in reveal order; no token drawn yet.
-
-        Per layer, keys and values (B, nh, K, hs) preallocated: slot i holds the token drawn at position i
-        once it is drawn; while pass m runs, slot m holds the query's own key and value (pass m sees slots
-        0..m), and `add_token` then overwrites it with the drawn token's."""
-        B, K = positions.shape
-        n_head = self.layers[0].n_head
-        shape = (B, n_head, K, self.query_in.out_features // n_head)
+        """A chunk's cache: hidden (B, K, H) at the positions (B, K) in reveal order; no token drawn yet."""
+        empty = hidden.new_zeros(hidden.shape[0], self.layers[0].n_head, 0, self.query_in.out_features // self.layers[0].n_head)
         return {"hidden": hidden, "query": self.query_in(self.norm_hidden(hidden)),
-                "bias": self.offset_bias(positions, positions),  # (B, nh, K, K): row m, keys 0..m
-                "keys": [(hidden.new_empty(shape), hidden.new_empty(shape)) for _ in self.layers]}
+                "bias": self.offset_bias(positions, positions),  # (B, nh, K, K): row m reads keys 0..m
+                "keys": [(empty, empty) for _ in self.layers]}
 
     def query(self, cache: dict, m: int) -> Tensor:
         """The head's hidden state (B, H) for the chunk's position m, given the tokens drawn at 0..m-1."""
-        bias = cache["bias"][:, :, m:m + 1, : m + 1]
+        bias = cache["bias"][:, :, m:m + 1, : m + 1]  # keys: tokens 0..m-1, then itself
         query = cache["query"][:, m:m + 1]
         for layer, (k, v) in zip(self.layers, cache["keys"]):
-            q, k[:, :, m:m + 1], v[:, :, m:m + 1] = layer.heads_qkv(query)
-            query = layer.attend(query, q, k[:, :, : m + 1], v[:, :, : m + 1], bias)
+            query = layer(query, k, v, bias)
         return self.output(cache["hidden"][:, m], query[:, 0])
 
     def add_token(self, cache: dict, m: int, embedded: Tensor) -> None:
-        """Cache the keys and values of the token (B, E) drawn at the chunk's position m."""
+        """Cache the keys and values of the token (B, E) drawn at the chunk's position m (contiguous
+        concatenation: attention over a slice of a preallocated buffer is slower on CPU)."""
         row = self.token_rows(cache["hidden"][:, m:m + 1], embedded[:, None])
-        for layer, (k, v) in zip(self.layers, cache["keys"]):
-            k[:, :, m:m + 1], v[:, :, m:m + 1] = layer.token_keys(row)
+        cache["keys"] = [tuple(torch.cat([old, new], 2) for old, new in zip(kv, layer.token_keys(row)))
+                         for layer, kv in zip(self.layers, cache["keys"])]
 
 
 class ChunkHeadSampler(JointHeadSampler):
